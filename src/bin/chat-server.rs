@@ -1,0 +1,191 @@
+//! `chat-server`: one delivery node. Flags and environment -> config -> `server::run` until SIGINT/SIGTERM.
+#![forbid(unsafe_code)]
+
+use std::net::IpAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::builder::TypedValueParser;
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use chat::bus::Bus;
+use chat::config::{self, redact_url, NodeConfig};
+use chat::logging::{self, LogFormat};
+use chat::server::{self, Node};
+use chat::store::Store;
+
+/// A store-and-forward delivery node. Clients connect with telnet; messages come from chat-enqueue.
+#[derive(Debug, Parser)]
+#[command(name = "chat-server", version)]
+struct Args {
+    /// TCP port to listen on (0 picks a free one).
+    #[arg(short, long, env = "CHAT_PORT", default_value_t = chat::DEFAULT_PORT)]
+    port: u16,
+    /// Addresses to listen on, comma-separated (e.g. 127.0.0.1,::1). Default: every IPv4 and IPv6 address.
+    #[arg(long, env = "CHAT_BIND", value_delimiter = ',')]
+    bind: Vec<IpAddr>,
+    /// MySQL/MariaDB URL; the database is created if missing and migrated on start.
+    #[arg(
+        long,
+        env = "CHAT_DATABASE_URL",
+        default_value = "mysql://root@127.0.0.1:3306/chat"
+    )]
+    database_url: String,
+    /// Redis URL (ownership leases and notifications).
+    #[arg(
+        long,
+        env = "CHAT_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379/"
+    )]
+    redis_url: String,
+    /// This node's name in the cluster, unique per node: 1-64 of [A-Za-z0-9._-]. Default: generated.
+    #[arg(long, env = "CHAT_NODE_ID")]
+    node_id: Option<String>,
+    /// Log filter: error, warn, info, debug, trace, or directives such as chat=debug.
+    #[arg(long, env = "CHAT_LOG_LEVEL", default_value = "info")]
+    log_level: String,
+    /// Log line format on stderr.
+    #[arg(long, env = "CHAT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Longest line accepted from a client, in bytes.
+    #[arg(long, env = "CHAT_MAX_LINE", default_value_t = config::DEFAULT_MAX_LINE)]
+    max_line: usize,
+    /// Concurrent connections accepted; past it new ones get `ERROR: server full`.
+    #[arg(long, env = "CHAT_MAX_CONNECTIONS", default_value_t = config::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
+    /// Seconds a new connection has to answer GET_CLIENT_ID.
+    #[arg(long, env = "CHAT_HANDSHAKE_TIMEOUT", value_parser = seconds, default_value = "10")]
+    handshake_timeout: Duration,
+    /// Seconds one write to a client may take before the session is closed as not reading.
+    #[arg(long, env = "CHAT_WRITE_TIMEOUT", value_parser = seconds, default_value = "10")]
+    write_timeout: Duration,
+    /// Seconds between sweeps of MySQL for messages whose notification was lost.
+    #[arg(long, env = "CHAT_SWEEP_INTERVAL", value_parser = seconds, default_value = "5")]
+    sweep_interval: Duration,
+    /// Seconds a client's ownership lease lives in Redis (renewed every third of it).
+    #[arg(long, env = "CHAT_LEASE", value_parser = seconds, default_value = "30")]
+    lease: Duration,
+    /// Seconds a graceful shutdown waits for sessions to finish.
+    #[arg(long, env = "CHAT_SHUTDOWN_TIMEOUT", value_parser = seconds, default_value = "10")]
+    shutdown_timeout: Duration,
+    /// Messages fetched from MySQL and written per delivery round of one session.
+    #[arg(long, env = "CHAT_PAGE_SIZE", default_value_t = config::DEFAULT_PAGE_SIZE,
+          value_parser = clap::value_parser!(u16).range(1..).map(usize::from))]
+    page_size: usize,
+    /// Acknowledged mode: unacknowledged messages in flight per session; the rest wait their turn.
+    #[arg(long, env = "CHAT_MAX_INFLIGHT", default_value_t = config::DEFAULT_MAX_INFLIGHT,
+          value_parser = clap::value_parser!(u16).range(1..).map(usize::from))]
+    max_inflight: usize,
+    /// Seconds a new session waits for a live node to hand over the previous session of its client.
+    #[arg(long, env = "CHAT_HANDOFF_TIMEOUT", value_parser = seconds, default_value = "15")]
+    handoff_timeout: Duration,
+    /// Seconds this node's heartbeat lives in Redis (renewed every fifth); a node silent that long is dead.
+    #[arg(long, env = "CHAT_NODE_TTL", value_parser = seconds, default_value = "5")]
+    node_ttl: Duration,
+    /// MySQL connections this node keeps at most.
+    #[arg(long, env = "CHAT_DB_POOL", default_value_t = config::DEFAULT_DB_POOL)]
+    db_pool: usize,
+}
+
+fn seconds(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if secs.is_finite() && secs > 0.0 && secs < 1e9 {
+        Ok(Duration::from_secs_f64(secs))
+    } else {
+        Err(format!("{s:?}: expected a positive number of seconds"))
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Err(e) = logging::init(&args.log_level, args.log_format) {
+        eprintln!("chat-server: {e}");
+        return ExitCode::from(2);
+    }
+    match serve(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "cannot start");
+            eprintln!("chat-server: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: Args) -> Result<()> {
+    let node_id = args
+        .node_id
+        .clone()
+        .unwrap_or_else(config::generated_node_id);
+    config::validate_node_id(&node_id).map_err(anyhow::Error::msg)?;
+    let db = redact_url(&args.database_url);
+    let applied = Store::migrate(&args.database_url)
+        .await
+        .with_context(|| format!("cannot reach MySQL at {db}"))?;
+    if !applied.is_empty() {
+        info!(migrations = ?applied, "applied migrations");
+    }
+    let store = Store::new(&args.database_url, args.db_pool)?;
+    store
+        .ping()
+        .await
+        .with_context(|| format!("cannot reach MySQL at {db}"))?;
+    let redis = redact_url(&args.redis_url);
+    let bus = Bus::connect(&args.redis_url)
+        .await
+        .with_context(|| format!("cannot reach Redis at {redis}"))?;
+    bus.ping()
+        .await
+        .with_context(|| format!("cannot reach Redis at {redis}"))?;
+    let listeners = server::bind(&args.bind, args.port)?;
+
+    let mut config = NodeConfig::new(node_id);
+    config.max_line = args.max_line.max(16);
+    config.max_connections = args.max_connections.max(1);
+    config.handshake_timeout = args.handshake_timeout;
+    config.write_timeout = args.write_timeout;
+    config.sweep_interval = args.sweep_interval;
+    config.lease = args.lease;
+    config.shutdown_timeout = args.shutdown_timeout;
+    config.page_size = args.page_size;
+    config.max_inflight = args.max_inflight;
+    config.handoff_timeout = args.handoff_timeout;
+    config.node_ttl = args.node_ttl;
+    let node = Arc::new(Node::new(config, store, bus));
+
+    let shutdown = CancellationToken::new();
+    tokio::spawn(on_signals(shutdown.clone()));
+    server::run(listeners, node, shutdown).await;
+    Ok(())
+}
+
+/// The first SIGINT/SIGTERM starts a graceful shutdown; a second one exits at once.
+async fn on_signals(shutdown: CancellationToken) {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(e) => {
+            warn!(error = %e, "cannot listen for SIGTERM");
+            return;
+        }
+    };
+    for round in 0..2 {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        if round == 0 {
+            info!("signal received: shutting down gracefully");
+            shutdown.cancel();
+        } else {
+            warn!("second signal: exiting now");
+            std::process::exit(130);
+        }
+    }
+}

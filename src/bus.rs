@@ -1,0 +1,315 @@
+//! Redis, the fast path: which node holds which client (leased keys) and notifications to one node's channel.
+//!
+//! Keys and channels:
+//! - `chat:owner:{<client_id>}` = `<node_id>|<epoch>`, with a TTL (the lease), renewed while the
+//!   session lives and deleted when it ends (only by the session that wrote it).
+//! - `chat:alive:<node_id>`: present while the node lives (a heartbeat with a short TTL).
+//! - `chat:node:<node_id>`: the channel a node subscribes to. Payloads are `wake <client_id>`
+//!   (new messages are committed for that client) and `kick <client_id> <epoch>` (a newer session
+//!   with that epoch took the client over).
+//!
+//! Nothing here is trusted for correctness: a lost key or notification delays a message until the
+//! node's sweep or the client's next connect; MySQL decides who owns a client.
+
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, Script};
+
+use crate::ClientId;
+
+/// Bound on one Redis round trip.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Bound on opening a Redis connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Renews the lease if the key is ours or gone (a Redis restart loses keys; the session is still ours
+/// as far as this node knows, and MySQL fences it if not).
+const RENEW: &str = r"
+local v = redis.call('GET', KEYS[1])
+if v == false or v == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0";
+
+/// Deletes the key only if it still names this session.
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0";
+
+/// A Redis failure.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("Redis did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error(transparent)]
+    Redis(#[from] redis::RedisError),
+}
+
+/// A notification received on this node's channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Note {
+    /// Messages were committed for this client.
+    Wake(ClientId),
+    /// A session with this epoch took the client over.
+    Kick(ClientId, u64),
+}
+
+impl Note {
+    fn encode(&self) -> String {
+        match self {
+            Note::Wake(id) => format!("wake {id}"),
+            Note::Kick(id, epoch) => format!("kick {id} {epoch}"),
+        }
+    }
+
+    /// Parses a channel payload; `None` for anything malformed.
+    pub fn decode(payload: &str) -> Option<Note> {
+        let mut words = payload.split(' ');
+        let note = match (words.next()?, words.next()?.parse().ok()?) {
+            ("wake", id) => Note::Wake(id),
+            ("kick", id) => Note::Kick(id, words.next()?.parse().ok()?),
+            _ => return None,
+        };
+        words.next().is_none().then_some(note)
+    }
+}
+
+/// The owner of a client as the lease key says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    pub node: String,
+    pub epoch: u64,
+}
+
+impl Owner {
+    fn encode(&self) -> String {
+        format!("{}|{}", self.node, self.epoch)
+    }
+
+    fn decode(value: &str) -> Option<Owner> {
+        let (node, epoch) = value.rsplit_once('|')?;
+        Some(Owner {
+            node: node.to_string(),
+            epoch: epoch.parse().ok()?,
+        })
+    }
+}
+
+fn alive_key(node: &str) -> String {
+    format!("chat:alive:{node}")
+}
+
+fn owner_key(id: ClientId) -> String {
+    // The hash tag keeps one client's keys in one slot under Redis Cluster.
+    format!("chat:owner:{{{id}}}")
+}
+
+/// The channel node `node` listens on.
+pub fn node_channel(node: &str) -> String {
+    format!("chat:node:{node}")
+}
+
+/// A Redis connection that reconnects by itself, plus the scripts that run on it.
+#[derive(Clone)]
+pub struct Bus {
+    client: redis::Client,
+    conn: ConnectionManager,
+    renew: Script,
+    release: Script,
+}
+
+impl Bus {
+    /// Connects to `url`; fails if Redis does not answer.
+    pub async fn connect(url: &str) -> Result<Bus, BusError> {
+        let client = redis::Client::open(url)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(1));
+        let conn = timed(
+            CONNECT_TIMEOUT * 2,
+            client.get_connection_manager_with_config(config),
+        )
+        .await?;
+        Ok(Bus {
+            client,
+            conn,
+            renew: Script::new(RENEW),
+            release: Script::new(RELEASE),
+        })
+    }
+
+    /// Checks that Redis answers.
+    pub async fn ping(&self) -> Result<(), BusError> {
+        let mut conn = self.conn.clone();
+        timed(
+            RESPONSE_TIMEOUT,
+            redis::cmd("PING").query_async::<()>(&mut conn),
+        )
+        .await
+    }
+
+    /// Records that `owner` holds `id` for `lease`; returns the previous owner, if any.
+    pub async fn claim(
+        &self,
+        id: ClientId,
+        owner: &Owner,
+        lease: Duration,
+    ) -> Result<Option<Owner>, BusError> {
+        let mut conn = self.conn.clone();
+        let previous: Option<String> = timed(
+            RESPONSE_TIMEOUT,
+            redis::cmd("SET")
+                .arg(owner_key(id))
+                .arg(owner.encode())
+                .arg("PX")
+                .arg(lease.as_millis() as u64)
+                .arg("GET")
+                .query_async(&mut conn),
+        )
+        .await?;
+        Ok(previous.as_deref().and_then(Owner::decode))
+    }
+
+    /// Extends the leases of these sessions (one pipelined round trip).
+    pub async fn renew(
+        &self,
+        sessions: &[(ClientId, Owner)],
+        lease: Duration,
+    ) -> Result<(), BusError> {
+        if sessions.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for (id, owner) in sessions {
+            pipe.invoke_script(
+                self.renew
+                    .key(owner_key(*id))
+                    .arg(owner.encode())
+                    .arg(lease.as_millis() as u64),
+            )
+            .ignore();
+        }
+        let mut conn = self.conn.clone();
+        // Loads the script first so the pipelined EVALSHAs cannot fail with NOSCRIPT.
+        timed(RESPONSE_TIMEOUT, self.renew.load_async(&mut conn)).await?;
+        timed(RESPONSE_TIMEOUT * 4, pipe.query_async::<()>(&mut conn)).await
+    }
+
+    /// Deletes the lease of this session, if it is still the one recorded.
+    pub async fn release(&self, id: ClientId, owner: &Owner) -> Result<(), BusError> {
+        let mut conn = self.conn.clone();
+        timed(
+            RESPONSE_TIMEOUT,
+            self.release
+                .key(owner_key(id))
+                .arg(owner.encode())
+                .invoke_async::<i64>(&mut conn),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Says this node is alive for `ttl` (renewed by a heartbeat well before it runs out).
+    pub async fn heartbeat(&self, node: &str, ttl: Duration) -> Result<(), BusError> {
+        let mut conn = self.conn.clone();
+        timed(
+            RESPONSE_TIMEOUT,
+            conn.set_options::<_, _, ()>(
+                alive_key(node),
+                1,
+                redis::SetOptions::default()
+                    .with_expiration(redis::SetExpiry::PX(ttl.as_millis() as u64)),
+            ),
+        )
+        .await
+    }
+
+    /// Whether node `node` has sent a heartbeat within its TTL.
+    pub async fn node_alive(&self, node: &str) -> Result<bool, BusError> {
+        let mut conn = self.conn.clone();
+        timed(RESPONSE_TIMEOUT, conn.exists(alive_key(node))).await
+    }
+
+    /// Who holds `id` now, according to its lease.
+    pub async fn owner(&self, id: ClientId) -> Result<Option<Owner>, BusError> {
+        let mut conn = self.conn.clone();
+        let value: Option<String> = timed(RESPONSE_TIMEOUT, conn.get(owner_key(id))).await?;
+        Ok(value.as_deref().and_then(Owner::decode))
+    }
+
+    /// Sends `note` to node `node`; returns how many subscribers got it.
+    pub async fn send(&self, node: &str, note: Note) -> Result<u64, BusError> {
+        let mut conn = self.conn.clone();
+        timed(
+            RESPONSE_TIMEOUT,
+            conn.publish(node_channel(node), note.encode()),
+        )
+        .await
+    }
+
+    /// Tells the node holding `id` (if any) that messages were committed for it.
+    /// Returns whether some node received it. Call only after the commit.
+    pub async fn notify(&self, id: ClientId) -> Result<bool, BusError> {
+        match self.owner(id).await? {
+            Some(owner) => Ok(self.send(&owner.node, Note::Wake(id)).await? > 0),
+            None => Ok(false),
+        }
+    }
+
+    /// Subscribes to `node`'s channel; the stream ends when the subscription's connection drops.
+    pub async fn subscribe(
+        &self,
+        node: &str,
+    ) -> Result<impl Stream<Item = Option<Note>>, BusError> {
+        let mut pubsub = timed(CONNECT_TIMEOUT, self.client.get_async_pubsub()).await?;
+        timed(RESPONSE_TIMEOUT, pubsub.subscribe(node_channel(node))).await?;
+        Ok(pubsub.into_on_message().map(|msg| {
+            msg.get_payload::<String>()
+                .ok()
+                .and_then(|p| Note::decode(&p))
+        }))
+    }
+}
+
+async fn timed<T>(
+    limit: Duration,
+    fut: impl std::future::Future<Output = Result<T, redis::RedisError>>,
+) -> Result<T, BusError> {
+    tokio::time::timeout(limit, fut)
+        .await
+        .map_err(|_| BusError::Timeout(limit))?
+        .map_err(BusError::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notes_round_trip_and_junk_is_refused() {
+        let id = ClientId::random();
+        for note in [Note::Wake(id), Note::Kick(id, 7)] {
+            assert_eq!(Note::decode(&note.encode()), Some(note));
+        }
+        assert_eq!(Note::decode("wake nope"), None);
+        assert_eq!(Note::decode(&format!("wake {id} extra")), None);
+        assert_eq!(Note::decode(&format!("kick {id}")), None);
+    }
+
+    #[test]
+    fn owners_round_trip() {
+        let owner = Owner {
+            node: "node-a".into(),
+            epoch: 42,
+        };
+        assert_eq!(Owner::decode(&owner.encode()), Some(owner));
+        assert_eq!(Owner::decode("garbage"), None);
+    }
+}

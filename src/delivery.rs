@@ -1,0 +1,238 @@
+//! A session's delivery position: what was written, what was acknowledged, what MySQL has recorded.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::protocol::SessionError;
+use crate::store::{Claim, Pending};
+
+/// Longest wait before retrying MySQL after a failure.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// How often a new session looks whether the previous one has released the client (doubling).
+const HANDOFF_POLL: Duration = Duration::from_millis(50);
+const MAX_HANDOFF_POLL: Duration = Duration::from_millis(400);
+/// Acknowledgements are recorded in MySQL together, at most this long after the first one.
+const ACK_RECORD_DELAY: Duration = Duration::from_millis(50);
+
+#[derive(Debug, Clone, Copy)]
+struct InFlight {
+    seq: u64,
+    id: u64,
+    acked: bool,
+}
+
+/// Delivery state of one session. In plain mode a message is done once written; in acknowledged
+/// mode once the client acknowledged it and every earlier one (the cursor is cumulative).
+#[derive(Debug)]
+pub struct Cursor {
+    /// Last seq written to the socket.
+    pub sent: u64,
+    /// Last seq recorded in MySQL.
+    recorded_seq: u64,
+    /// Acknowledged mode: last seq acknowledged with all before it.
+    acked: u64,
+    /// Acknowledged mode: the bound on unacknowledged messages.
+    window: Option<usize>,
+    inflight: VecDeque<InFlight>,
+    /// Whether this session holds the delivery right in MySQL.
+    pub holding: bool,
+    /// After this, the right is taken even from a holder that did not release it.
+    pub handoff_deadline: Instant,
+    /// When to try delivering again after a failure or while waiting for the handoff.
+    pub retry_at: Option<Instant>,
+    /// When to write the cursor to MySQL.
+    pub record_at: Option<Instant>,
+    backoff: Duration,
+    handoff_poll: Duration,
+}
+
+impl Cursor {
+    /// `window`: `Some(max in flight)` for acknowledged mode, `None` for plain mode.
+    pub fn new(claim: &Claim, window: Option<usize>, handoff_deadline: Instant) -> Cursor {
+        Cursor {
+            sent: claim.delivered_seq,
+            recorded_seq: claim.delivered_seq,
+            acked: claim.delivered_seq,
+            window: window.map(|w| w.max(1)),
+            inflight: VecDeque::new(),
+            holding: claim.holding,
+            handoff_deadline,
+            retry_at: None,
+            record_at: None,
+            backoff: FIRST_BACKOFF,
+            handoff_poll: HANDOFF_POLL,
+        }
+    }
+
+    /// Whether messages need acknowledgements.
+    pub fn acknowledged(&self) -> bool {
+        self.window.is_some()
+    }
+
+    /// The session now holds the delivery right; the previous holder got as far as `delivered_seq`.
+    pub fn acquired(&mut self, delivered_seq: u64) {
+        self.holding = true;
+        self.sent = delivered_seq;
+        self.recorded_seq = delivered_seq;
+        self.acked = delivered_seq;
+        self.backoff = FIRST_BACKOFF;
+    }
+
+    /// How many messages the next round may fetch.
+    pub fn room(&self, page: usize) -> usize {
+        match self.window {
+            Some(window) => page.min(window.saturating_sub(self.inflight.len())),
+            None => page,
+        }
+    }
+
+    /// These messages (in order) were written to the socket.
+    pub fn written(&mut self, messages: &[Pending]) {
+        if let Some(last) = messages.last() {
+            self.sent = last.seq;
+        }
+        if self.acknowledged() {
+            self.inflight.extend(messages.iter().map(|m| InFlight {
+                seq: m.seq,
+                id: m.id,
+                acked: false,
+            }));
+        }
+    }
+
+    /// Acknowledges message `id`. `Ok(true)` when the window has room again.
+    pub fn ack(&mut self, id: u64) -> Result<bool, SessionError> {
+        if !self.acknowledged() {
+            return Err(SessionError::NotAckMode);
+        }
+        let entry = self
+            .inflight
+            .iter_mut()
+            .find(|m| m.id == id && !m.acked)
+            .ok_or(SessionError::NotInFlight(id))?;
+        entry.acked = true;
+        let before = self.acked;
+        while let Some(front) = self.inflight.front().filter(|m| m.acked) {
+            self.acked = front.seq;
+            self.inflight.pop_front();
+        }
+        let advanced = self.acked > before;
+        if advanced && self.record_at.is_none() {
+            self.record_at = Some(Instant::now() + ACK_RECORD_DELAY);
+        }
+        Ok(advanced)
+    }
+
+    /// Everything up to this seq is done (plain: written; acknowledged: acknowledged).
+    pub fn done(&self) -> u64 {
+        if self.acknowledged() {
+            self.acked
+        } else {
+            self.sent
+        }
+    }
+
+    /// The seq to record, if MySQL is behind.
+    pub fn unrecorded(&self) -> Option<u64> {
+        (self.done() > self.recorded_seq).then(|| self.done())
+    }
+
+    /// MySQL now has `seq`.
+    pub fn recorded(&mut self, seq: u64) {
+        self.recorded_seq = self.recorded_seq.max(seq);
+        self.backoff = FIRST_BACKOFF;
+    }
+
+    /// Reading from MySQL failed: retry delivery later, backing off.
+    pub fn failed(&mut self) {
+        self.retry_at = Some(Instant::now() + self.next_backoff());
+    }
+
+    /// Recording the cursor failed: retry the write later, backing off.
+    pub fn record_failed(&mut self) {
+        self.record_at = Some(Instant::now() + self.next_backoff());
+    }
+
+    /// The previous session still holds the client: look again shortly.
+    pub fn wait_for_handoff(&mut self) {
+        self.retry_at = Some(Instant::now() + self.handoff_poll);
+        self.handoff_poll = (self.handoff_poll * 2).min(MAX_HANDOFF_POLL);
+    }
+
+    fn next_backoff(&mut self) -> Duration {
+        let wait = self.backoff;
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        wait
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claim(delivered_seq: u64) -> Claim {
+        Claim {
+            epoch: 1,
+            delivered_seq,
+            holding: true,
+        }
+    }
+
+    fn msgs(seqs: std::ops::RangeInclusive<u64>) -> Vec<Pending> {
+        seqs.map(|seq| Pending {
+            seq,
+            id: seq + 1000,
+            body: vec![],
+        })
+        .collect()
+    }
+
+    #[test]
+    fn plain_mode_is_done_once_written() {
+        let mut c = Cursor::new(&claim(3), None, Instant::now());
+        assert_eq!(c.room(100), 100);
+        c.written(&msgs(4..=6));
+        assert_eq!(c.unrecorded(), Some(6));
+        c.recorded(6);
+        assert_eq!(c.unrecorded(), None);
+        assert_eq!(c.ack(1004), Err(SessionError::NotAckMode));
+    }
+
+    #[test]
+    fn acknowledged_mode_advances_on_contiguous_acks_within_the_window() {
+        let mut c = Cursor::new(&claim(0), Some(3), Instant::now());
+        assert_eq!(c.room(100), 3);
+        c.written(&msgs(1..=3));
+        assert_eq!(c.room(100), 0);
+        assert_eq!(c.done(), 0);
+        // Out of order: 2 first does not move the cursor.
+        assert_eq!(c.ack(1002), Ok(false));
+        assert_eq!(c.done(), 0);
+        assert_eq!(c.ack(1002), Err(SessionError::NotInFlight(1002)));
+        assert_eq!(c.ack(1001), Ok(true));
+        assert_eq!(c.done(), 2);
+        assert_eq!(c.room(100), 2);
+        assert!(c.record_at.is_some());
+        assert_eq!(c.ack(999), Err(SessionError::NotInFlight(999)));
+        assert_eq!(c.unrecorded(), Some(2));
+    }
+
+    #[test]
+    fn acquiring_adopts_the_previous_holders_cursor() {
+        let mut c = Cursor::new(
+            &Claim {
+                epoch: 2,
+                delivered_seq: 5,
+                holding: false,
+            },
+            None,
+            Instant::now(),
+        );
+        c.acquired(9);
+        assert!(c.holding);
+        assert_eq!((c.sent, c.done(), c.unrecorded()), (9, 9, None));
+    }
+}

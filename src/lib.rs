@@ -1,0 +1,33 @@
+//! A store-and-forward message delivery node and its enqueuer, backed by MySQL (truth) and Redis (fast path).
+//!
+//! Layout:
+//! - [`codec`]: bytes to lines (line bound, CRLF, telnet IAC).
+//! - [`protocol`]: lines to commands, replies to lines; every piece of wire text.
+//! - [`store`]: MySQL: every SQL statement and the migrations runner.
+//! - [`bus`]: Redis: which node holds which client, and node-to-node notifications.
+//! - [`registry`]: this node's live sessions, by client id.
+//! - [`session`]: one client's life: handshake, delivery loop, cleanup.
+//! - [`delivery`]: a session's cursor: written, acknowledged, recorded.
+//! - [`server`]: listeners, accept loop, background sweeps, shutdown.
+//! - [`enqueue`]: the producer API behind `chat-enqueue`.
+//! - [`config`], [`logging`]: settings and log output shared by the binaries.
+#![forbid(unsafe_code)]
+
+pub mod bus;
+pub mod codec;
+pub mod config;
+pub mod delivery;
+pub mod enqueue;
+pub mod logging;
+pub mod protocol;
+pub mod registry;
+pub mod server;
+pub mod session;
+pub mod store;
+
+mod client_id;
+
+pub use client_id::ClientId;
+
+/// Default TCP port of a node.
+pub const DEFAULT_PORT: u16 = 8000;

@@ -1,0 +1,295 @@
+//! A node: its listeners and accept loop, the background tasks (notifications, sweep, leases), and shutdown.
+
+use std::io;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use socket2::{Domain, SockRef, Socket, TcpKeepalive, Type};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, error, info, warn};
+
+use crate::bus::{Bus, Note, Owner};
+use crate::config::NodeConfig;
+use crate::protocol::{Reply, SessionError};
+use crate::registry::Registry;
+use crate::session;
+use crate::store::Store;
+
+/// Everything the sessions of one node share.
+pub struct Node {
+    pub config: NodeConfig,
+    pub store: Store,
+    pub bus: Bus,
+    pub registry: Registry,
+    /// Asks the sweeper for a sweep now (after a Redis resubscription, notifications may be lost).
+    sweep_now: Notify,
+}
+
+impl Node {
+    pub fn new(config: NodeConfig, store: Store, bus: Bus) -> Node {
+        Node {
+            config,
+            store,
+            bus,
+            registry: Registry::new(),
+            sweep_now: Notify::new(),
+        }
+    }
+}
+
+/// Opens the listeners: each address in `binds` on `port`, or, with none given, one dual-stack
+/// socket on `[::]` (IPv4 and IPv6), falling back to `0.0.0.0` where IPv6 is unavailable.
+pub fn bind(binds: &[IpAddr], port: u16) -> io::Result<Vec<TcpListener>> {
+    if binds.is_empty() {
+        let any6 = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port);
+        return match listen(any6, true) {
+            Ok(listener) => Ok(vec![listener]),
+            Err(e) => {
+                warn!(error = %e, "no IPv6 here; listening on IPv4 only");
+                Ok(vec![listen(SocketAddr::from(([0, 0, 0, 0], port)), false)?])
+            }
+        };
+    }
+    binds
+        .iter()
+        .map(|ip| listen(SocketAddr::new(*ip, port), false))
+        .collect()
+}
+
+fn listen(addr: SocketAddr, dual_stack: bool) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(!dual_stack)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket
+        .bind(&addr.into())
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// Runs the node on `listeners` until `shutdown` is cancelled, then drains its sessions.
+pub async fn run(listeners: Vec<TcpListener>, node: Arc<Node>, shutdown: CancellationToken) {
+    let background = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    tasks.spawn(listen_notifications(node.clone(), background.clone()));
+    tasks.spawn(sweep(node.clone(), background.clone()));
+    tasks.spawn(renew_leases(node.clone(), background.clone()));
+    tasks.spawn(heartbeat(node.clone(), background.clone()));
+    tasks.close();
+
+    let sessions = TaskTracker::new();
+    let permits = Arc::new(Semaphore::new(node.config.max_connections));
+    let acceptors = TaskTracker::new();
+    for listener in listeners {
+        if let Ok(addr) = listener.local_addr() {
+            info!(addr = %addr, node_id = %node.config.node_id, "listening");
+        }
+        acceptors.spawn(accept_loop(
+            listener,
+            node.clone(),
+            permits.clone(),
+            sessions.clone(),
+            shutdown.clone(),
+        ));
+    }
+    acceptors.close();
+    acceptors.wait().await;
+
+    info!(
+        sessions = sessions.len(),
+        "shutting down: saying goodbye to every session"
+    );
+    sessions.close();
+    if tokio::time::timeout(node.config.shutdown_timeout, sessions.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            left = sessions.len(),
+            "shutdown timeout: closing the remaining sessions"
+        );
+    }
+    background.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(2), tasks.wait()).await;
+    node.store.clone().close().await;
+    info!("stopped");
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    node: Arc<Node>,
+    permits: Arc<Semaphore>,
+    sessions: TaskTracker,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Typically EMFILE: back off instead of spinning; sessions that end free descriptors.
+                error!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        tune(&stream);
+        match permits.clone().try_acquire_owned() {
+            Ok(permit) => {
+                let node = node.clone();
+                let shutdown = shutdown.clone();
+                sessions.spawn(async move {
+                    session::run(stream, node, shutdown).await;
+                    drop(permit);
+                });
+            }
+            Err(_) => {
+                sessions.spawn(refuse(stream));
+            }
+        }
+    }
+}
+
+/// Low latency for small lines, and keepalive probes to find peers that vanished.
+fn tune(stream: &TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let keepalive = TcpKeepalive::new()
+        .with_time(Duration::from_secs(60))
+        .with_interval(Duration::from_secs(10))
+        .with_retries(5);
+    let _ = SockRef::from(stream).set_tcp_keepalive(&keepalive);
+}
+
+async fn refuse(mut stream: TcpStream) {
+    let line = Reply::Error(&SessionError::ServerFull).to_bytes();
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&line)).await;
+    debug!("connection refused: server full");
+}
+
+/// Receives this node's notifications from Redis; resubscribes with backoff when Redis goes away.
+async fn listen_notifications(node: Arc<Node>, stop: CancellationToken) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match node.bus.subscribe(&node.config.node_id).await {
+            Ok(notes) => {
+                info!("subscribed to this node's channel");
+                backoff = Duration::from_millis(100);
+                // Anything published while we were not subscribed is lost: look in MySQL now.
+                node.sweep_now.notify_one();
+                let mut notes = std::pin::pin!(notes);
+                loop {
+                    let note = tokio::select! {
+                        _ = stop.cancelled() => return,
+                        note = notes.next() => note,
+                    };
+                    match note {
+                        Some(Some(Note::Wake(id))) => {
+                            node.registry.wake(id);
+                        }
+                        Some(Some(Note::Kick(id, epoch))) => {
+                            node.registry.kick(id, epoch);
+                        }
+                        Some(None) => warn!("ignored a malformed notification"),
+                        None => break,
+                    }
+                }
+                warn!("lost the Redis subscription; resubscribing");
+            }
+            Err(e) => warn!(error = %e, retry_in = ?backoff, "cannot subscribe to Redis"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// The safety net that needs no Redis: every interval, asks MySQL which local clients have
+/// pending messages (wakes them) and which were claimed by a newer session (kicks them).
+async fn sweep(node: Arc<Node>, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(node.config.sweep_interval) => {}
+            _ = node.sweep_now.notified() => {}
+        }
+        let sessions = node.registry.snapshot();
+        if sessions.is_empty() {
+            continue;
+        }
+        let ids: Vec<_> = sessions.iter().map(|(id, _)| *id).collect();
+        let rows = match node.store.sweep(&ids).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                warn!(error = %e, "sweep could not read MySQL");
+                continue;
+            }
+        };
+        let (mut woken, mut kicked) = (0usize, 0usize);
+        for row in rows {
+            if node.registry.kick(row.client_id, row.epoch) {
+                kicked += 1;
+            } else if row.has_pending && node.registry.wake(row.client_id) {
+                woken += 1;
+            }
+        }
+        debug!(sessions = ids.len(), woken, kicked, "sweep done");
+    }
+}
+
+/// Keeps `chat:alive:<node>` in Redis while this node runs, so that a new session of a client
+/// whose previous session was here can tell a live node (wait for its handoff) from a dead one.
+async fn heartbeat(node: Arc<Node>, stop: CancellationToken) {
+    let ttl = node.config.node_ttl;
+    loop {
+        if let Err(e) = node.bus.heartbeat(&node.config.node_id, ttl).await {
+            warn!(error = %e, "could not send the heartbeat to Redis");
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(ttl / 5) => {}
+        }
+    }
+}
+
+/// Renews the Redis ownership lease of every local session, every third of the lease.
+async fn renew_leases(node: Arc<Node>, stop: CancellationToken) {
+    let every = node.config.lease / 3;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let sessions: Vec<_> = node
+            .registry
+            .snapshot()
+            .into_iter()
+            .map(|(id, epoch)| {
+                let owner = Owner {
+                    node: node.config.node_id.clone(),
+                    epoch,
+                };
+                (id, owner)
+            })
+            .collect();
+        for chunk in sessions.chunks(1000) {
+            if let Err(e) = node.bus.renew(chunk, node.config.lease).await {
+                warn!(error = %e, "could not renew Redis leases");
+                break;
+            }
+        }
+    }
+}

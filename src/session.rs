@@ -1,0 +1,394 @@
+//! One client's life on a node: handshake, then a loop over its commands and its deliveries, then cleanup.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use futures::StreamExt;
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::time::{sleep_until, timeout, Instant};
+use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn, Instrument};
+
+use crate::bus::{Note, Owner};
+use crate::codec::{LineCodec, LineError};
+use crate::delivery::Cursor;
+use crate::protocol::{self, ByeReason, Command, Identity, Reply, SessionError};
+use crate::registry::Registration;
+use crate::server::Node;
+use crate::store::{Acquire, Claim, Fetch};
+use crate::ClientId;
+
+/// How long the goodbye line may take to leave.
+const BYE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Why a session ended.
+#[derive(Debug)]
+enum End {
+    ClientClosed,
+    Disconnect,
+    Shutdown,
+    TakenOver,
+    LineTooLong,
+    Io(std::io::Error),
+    WriteTimeout,
+}
+
+/// Serves one accepted connection until it ends.
+pub async fn run(stream: TcpStream, node: Arc<Node>, shutdown: CancellationToken) {
+    let peer = stream.peer_addr().ok();
+    let span = tracing::info_span!("session", peer = ?peer, client_id = tracing::field::Empty);
+    async move {
+        let (read, write) = stream.into_split();
+        let mut session = Session {
+            reader: FramedRead::new(read, LineCodec::new(node.config.max_line)),
+            writer: write,
+            out: BytesMut::with_capacity(256),
+            node,
+        };
+        session.serve(shutdown).await;
+    }
+    .instrument(span)
+    .await
+}
+
+struct Session {
+    node: Arc<Node>,
+    reader: FramedRead<OwnedReadHalf, LineCodec>,
+    writer: OwnedWriteHalf,
+    /// Lines rendered and not yet written.
+    out: BytesMut,
+}
+
+impl Session {
+    async fn serve(&mut self, shutdown: CancellationToken) {
+        self.out_reply(Reply::GetClientId);
+        if self.flush().await.is_err() {
+            return;
+        }
+        let (id, claim, ack) = match self.handshake(&shutdown).await {
+            Ok(Some(found)) => found,
+            Ok(None) => return,
+            Err(e) => {
+                let _ = self.send_error(&e).await;
+                debug!(error = %e, "handshake refused");
+                return;
+            }
+        };
+        tracing::Span::current().record("client_id", tracing::field::display(id));
+        let reg = self.node.registry.register(id, claim.epoch);
+        let owner = Owner {
+            node: self.node.config.node_id.clone(),
+            epoch: claim.epoch,
+        };
+        self.announce(id, &owner).await;
+        self.out_reply(Reply::SetClientId(id));
+        info!(epoch = claim.epoch, ack, "session started");
+        let config = &self.node.config;
+        let window = if ack { Some(config.max_inflight) } else { None };
+        let mut cursor = Cursor::new(&claim, window, Instant::now() + config.handoff_timeout);
+        // First round: everything pending since the last session.
+        reg.wake.notify_one();
+        let end = match self.flush().await {
+            Ok(()) => self.established(&reg, &mut cursor, &shutdown).await,
+            Err(end) => end,
+        };
+        self.finish(&reg, &owner, &cursor, &end).await;
+    }
+
+    /// Reads the answer to `GET_CLIENT_ID` and claims the client. `Ok(None)`: the peer left.
+    async fn handshake(
+        &mut self,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<(ClientId, Claim, bool)>, SessionError> {
+        let limit = self.node.config.handshake_timeout;
+        let line = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(None),
+            line = timeout(limit, self.reader.next()) => line,
+        };
+        let line = match line {
+            Err(_) => return Err(SessionError::HandshakeTimeout(limit.as_secs())),
+            Ok(None) | Ok(Some(Err(LineError::Io(_)))) => return Ok(None),
+            Ok(Some(Err(LineError::TooLong(n)))) => return Err(SessionError::LineTooLong(n)),
+            Ok(Some(Ok(line))) => line,
+        };
+        let hello = protocol::parse_hello(&line)?;
+        let store = &self.node.store;
+        let node_id = &self.node.config.node_id;
+        let claimed = match hello.identity {
+            Identity::New => store.create_client(node_id).await.map(Some),
+            Identity::Resume(id) => store
+                .claim_client(id, node_id)
+                .await
+                .map(|c| c.map(|claim| (id, claim))),
+        };
+        match claimed {
+            Ok(Some((id, claim))) => Ok(Some((id, claim, hello.ack))),
+            Ok(None) => Err(SessionError::UnknownClient),
+            Err(e) => {
+                warn!(error = %e, "MySQL unavailable during handshake");
+                Err(SessionError::Unavailable)
+            }
+        }
+    }
+
+    /// Records this node as the client's holder in Redis and kicks the previous holder elsewhere.
+    /// Failures only delay notifications (the sweep still finds pending messages).
+    async fn announce(&self, id: ClientId, owner: &Owner) {
+        let bus = &self.node.bus;
+        match bus.claim(id, owner, self.node.config.lease).await {
+            Ok(Some(previous)) if previous.node != owner.node && previous.epoch < owner.epoch => {
+                if let Err(e) = bus.send(&previous.node, Note::Kick(id, owner.epoch)).await {
+                    warn!(error = %e, node = %previous.node, "could not tell the previous node");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "could not record ownership in Redis"),
+        }
+    }
+
+    /// The command/delivery loop of an established session.
+    async fn established(
+        &mut self,
+        reg: &Registration,
+        cursor: &mut Cursor,
+        shutdown: &CancellationToken,
+    ) -> End {
+        loop {
+            let retry_at = cursor.retry_at;
+            let record_at = cursor.record_at;
+            let end = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => Some(End::Shutdown),
+                _ = reg.kicked.cancelled() => Some(End::TakenOver),
+                line = self.reader.next() => self.on_line(line, reg, cursor).await,
+                _ = reg.wake.notified() => self.deliver(reg, cursor).await.err(),
+                _ = sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => {
+                    cursor.retry_at = None;
+                    self.deliver(reg, cursor).await.err()
+                }
+                _ = sleep_until(record_at.unwrap_or_else(Instant::now)), if record_at.is_some() => {
+                    self.record(reg, cursor).await.err()
+                }
+            };
+            if let Some(end) = end {
+                return end;
+            }
+        }
+    }
+
+    /// Handles one client line; `Some` ends the session.
+    async fn on_line(
+        &mut self,
+        line: Option<Result<bytes::Bytes, LineError>>,
+        reg: &Registration,
+        cursor: &mut Cursor,
+    ) -> Option<End> {
+        let line = match line {
+            None => return Some(End::ClientClosed),
+            Some(Err(LineError::Io(e))) => return Some(End::Io(e)),
+            Some(Err(LineError::TooLong(n))) => {
+                let _ = self.send_error(&SessionError::LineTooLong(n)).await;
+                return Some(End::LineTooLong);
+            }
+            Some(Ok(line)) => line,
+        };
+        match protocol::parse_command(&line) {
+            Ok(Command::Empty) => return None,
+            Ok(Command::Ping) => self.out_reply(Reply::Pong),
+            Ok(Command::Disconnect) => {
+                self.out_reply(Reply::Bye(ByeReason::Disconnect));
+                let _ = self.flush_within(BYE_TIMEOUT).await;
+                return Some(End::Disconnect);
+            }
+            Ok(Command::Ack(id)) => match cursor.ack(id) {
+                Ok(window_opened) => {
+                    if window_opened {
+                        reg.wake.notify_one();
+                    }
+                    return None;
+                }
+                Err(e) => self.out_reply(Reply::Error(&e)),
+            },
+            Err(e) => self.out_reply(Reply::Error(&e)),
+        }
+        self.flush().await.err()
+    }
+
+    /// One delivery round: takes the delivery right if needed, reads the next page of pending
+    /// messages from MySQL, writes them, then records the cursor (plain mode). A MySQL failure
+    /// schedules a retry; it never ends the session.
+    async fn deliver(&mut self, reg: &Registration, cursor: &mut Cursor) -> Result<(), End> {
+        if !cursor.holding && !self.take_over(reg, cursor).await? {
+            return Ok(());
+        }
+        let room = cursor.room(self.node.config.page_size);
+        if room == 0 {
+            return Ok(());
+        }
+        let node = self.node.clone();
+        let fetched = node
+            .store
+            .fetch_pending(reg.client_id, reg.epoch, cursor.sent, room)
+            .await;
+        let messages = match fetched {
+            Ok(Fetch::Owned(messages)) => messages,
+            Ok(Fetch::Stale) => return Err(End::TakenOver),
+            Err(e) => {
+                warn!(error = %e, "could not read pending messages; will retry");
+                cursor.failed();
+                return Ok(());
+            }
+        };
+        if messages.is_empty() {
+            return Ok(());
+        }
+        for message in &messages {
+            let reply = if cursor.acknowledged() {
+                Reply::AckedMessage(message.id, &message.body)
+            } else {
+                Reply::Message(&message.body)
+            };
+            self.out_reply(reply);
+        }
+        self.flush().await?;
+        cursor.written(&messages);
+        debug!(count = messages.len(), seq = cursor.sent, "written");
+        if messages.len() == room {
+            // More may wait: come back after giving commands and shutdown a turn.
+            reg.wake.notify_one();
+        }
+        self.record(reg, cursor).await
+    }
+
+    /// Takes the delivery right from the previous session of this client. `Ok(false)`: not yet
+    /// (the previous holder is still finishing); a retry is scheduled.
+    async fn take_over(&mut self, reg: &Registration, cursor: &mut Cursor) -> Result<bool, End> {
+        let node = &self.node;
+        let node_id = &node.config.node_id;
+        let mut force = Instant::now() >= cursor.handoff_deadline;
+        loop {
+            match node
+                .store
+                .acquire(reg.client_id, reg.epoch, node_id, force)
+                .await
+            {
+                Ok(Acquire::Acquired { delivered_seq }) => {
+                    cursor.acquired(delivered_seq);
+                    return Ok(true);
+                }
+                Ok(Acquire::Stale) => return Err(End::TakenOver),
+                Ok(Acquire::Busy { holder_node }) if !force => {
+                    // A holder on a node that stopped its heartbeat will never release: take over.
+                    let dead = match holder_node {
+                        Some(holder) => matches!(node.bus.node_alive(&holder).await, Ok(false)),
+                        None => true,
+                    };
+                    if dead {
+                        force = true;
+                        continue;
+                    }
+                    cursor.wait_for_handoff();
+                    return Ok(false);
+                }
+                Ok(Acquire::Busy { .. }) => {
+                    cursor.wait_for_handoff();
+                    return Ok(false);
+                }
+                Err(e) => {
+                    warn!(error = %e, "could not take the delivery right; will retry");
+                    cursor.failed();
+                    return Ok(false);
+                }
+            }
+        }
+    }
+
+    /// Writes the cursor to MySQL if it moved.
+    async fn record(&mut self, reg: &Registration, cursor: &mut Cursor) -> Result<(), End> {
+        cursor.record_at = None;
+        let Some(done) = cursor.unrecorded() else {
+            return Ok(());
+        };
+        match self
+            .node
+            .store
+            .mark_delivered(reg.client_id, reg.epoch, done)
+            .await
+        {
+            Ok(true) => cursor.recorded(done),
+            Ok(false) => return Err(End::TakenOver),
+            Err(e) => {
+                warn!(error = %e, "could not record delivery; will retry");
+                cursor.record_failed();
+            }
+        }
+        Ok(())
+    }
+
+    /// Cleanup, in one place: goodbye line, final cursor, registry, Redis lease.
+    async fn finish(&mut self, reg: &Registration, owner: &Owner, cursor: &Cursor, end: &End) {
+        let reason = match end {
+            End::Shutdown => Some(ByeReason::Shutdown),
+            End::TakenOver => Some(ByeReason::TakenOver),
+            _ => None,
+        };
+        if let Some(reason) = reason {
+            self.out_reply(Reply::Bye(reason));
+            let _ = self.flush_within(BYE_TIMEOUT).await;
+        }
+        let _ = self.writer.shutdown().await;
+        self.node.registry.unregister(reg.client_id, reg.epoch);
+        if cursor.holding {
+            let done = cursor.done();
+            if let Err(e) = self
+                .node
+                .store
+                .release_client(reg.client_id, reg.epoch, done)
+                .await
+            {
+                warn!(error = %e, done,
+                    "could not record the final cursor; unrecorded messages will be delivered again");
+            }
+        }
+        if let Err(e) = self.node.bus.release(reg.client_id, owner).await {
+            debug!(error = %e, "could not release the Redis lease; it will expire");
+        }
+        match end {
+            End::Io(e) => info!(error = %e, "session ended by a socket error"),
+            End::WriteTimeout => info!("session ended: client stopped reading"),
+            other => info!(reason = ?other, "session ended"),
+        }
+    }
+
+    fn out_reply(&mut self, reply: Reply<'_>) {
+        reply.write_to(&mut self.out);
+    }
+
+    async fn send_error(&mut self, e: &(dyn std::fmt::Display + Sync)) -> Result<(), End> {
+        self.out_reply(Reply::Error(e));
+        self.flush_within(BYE_TIMEOUT).await
+    }
+
+    async fn flush(&mut self) -> Result<(), End> {
+        self.flush_within(self.node.config.write_timeout).await
+    }
+
+    /// Writes every rendered line, within `limit`.
+    async fn flush_within(&mut self, limit: Duration) -> Result<(), End> {
+        let result = timeout(limit, self.writer.write_all(&self.out)).await;
+        self.out.clear();
+        if self.out.capacity() > 64 * 1024 {
+            // Give back a page-sized buffer once it is written.
+            self.out = BytesMut::with_capacity(256);
+        }
+        match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(End::Io(e)),
+            Err(_) => Err(End::WriteTimeout),
+        }
+    }
+}

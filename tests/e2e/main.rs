@@ -1,0 +1,11 @@
+//! End-to-end tests: the real binaries over real sockets, against private MariaDB and Redis.
+#![forbid(unsafe_code)]
+
+mod support;
+
+mod cluster;
+mod enqueue_cli;
+mod handshake;
+mod lifecycle;
+mod services_smoke;
+mod session;

@@ -1,0 +1,122 @@
+//! A small typed telnet-style test client: raw lines over a real TCP socket, every read bounded.
+
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+/// How long a test waits for a line it expects.
+pub const LINE_TIMEOUT: Duration = Duration::from_secs(15);
+
+pub struct TestClient {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl TestClient {
+    pub fn connect(addr: SocketAddr) -> TestClient {
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+        stream.set_read_timeout(Some(LINE_TIMEOUT)).unwrap();
+        stream.set_write_timeout(Some(LINE_TIMEOUT)).unwrap();
+        TestClient {
+            reader: BufReader::new(stream.try_clone().unwrap()),
+            writer: stream,
+        }
+    }
+
+    /// Sends raw bytes.
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.writer.write_all(bytes).expect("send");
+    }
+
+    /// Sends `text` followed by CRLF.
+    pub fn send(&mut self, text: &str) {
+        self.send_raw(format!("{text}\r\n").as_bytes());
+    }
+
+    /// The next line, which must end in CRLF; returned without it.
+    pub fn line(&mut self) -> String {
+        let mut buf = Vec::new();
+        match self.reader.read_until(b'\n', &mut buf) {
+            Ok(0) => panic!("connection closed while a line was expected"),
+            Ok(_) => {}
+            Err(e) => panic!(
+                "no line within {LINE_TIMEOUT:?} ({e}); partial: {:?}",
+                String::from_utf8_lossy(&buf)
+            ),
+        }
+        assert!(
+            buf.ends_with(b"\r\n"),
+            "line not CRLF-terminated: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.truncate(buf.len() - 2);
+        String::from_utf8(buf).expect("utf-8 line")
+    }
+
+    /// Asserts the next line is exactly `expected`.
+    pub fn expect(&mut self, expected: &str) {
+        assert_eq!(self.line(), expected);
+    }
+
+    /// Answers `NONE`; returns the new id.
+    pub fn register(&mut self) -> String {
+        self.send("NONE");
+        let line = self.line();
+        let id = line
+            .strip_prefix("SET_CLIENT_ID: ")
+            .unwrap_or_else(|| panic!("expected SET_CLIENT_ID, got {line:?}"));
+        id.to_string()
+    }
+
+    /// Answers with an existing id and checks the node accepted it.
+    pub fn resume(&mut self, id: &str) {
+        self.send(id);
+        self.expect(&format!("SET_CLIENT_ID: {id}"));
+    }
+
+    /// The next `n` lines, each of which must be a `MESSAGE:`; returns their texts.
+    pub fn messages(&mut self, n: usize) -> Vec<String> {
+        (0..n)
+            .map(|_| {
+                let line = self.line();
+                line.strip_prefix("MESSAGE: ")
+                    .unwrap_or_else(|| panic!("expected MESSAGE, got {line:?}"))
+                    .to_string()
+            })
+            .collect()
+    }
+
+    /// Asserts that nothing arrives for `quiet` (the connection stays open and silent).
+    pub fn expect_silence(&mut self, quiet: Duration) {
+        self.writer.set_read_timeout(Some(quiet)).unwrap();
+        let mut byte = [0u8; 1];
+        let got = self.reader.read(&mut byte);
+        self.writer.set_read_timeout(Some(LINE_TIMEOUT)).unwrap();
+        match got {
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Ok(0) => panic!("connection closed; expected it open and silent"),
+            Ok(_) => panic!("unexpected data: {:?}", byte[0] as char),
+            Err(e) => panic!("read error: {e}"),
+        }
+    }
+
+    /// Asserts the node closes the connection (EOF or reset) without sending anything more.
+    pub fn expect_closed(&mut self) {
+        let mut rest = Vec::new();
+        match self.reader.read_to_end(&mut rest) {
+            Ok(_) => assert!(
+                rest.is_empty(),
+                "expected close, got {:?}",
+                String::from_utf8_lossy(&rest)
+            ),
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+            Err(e) => panic!("expected the connection to close: {e}"),
+        }
+    }
+
+    /// Stops reading but keeps the socket open (a client that stalls).
+    pub fn into_stream(self) -> TcpStream {
+        self.writer
+    }
+}

@@ -1,0 +1,6 @@
+//! Test support: private services, node launcher, test client.
+#![allow(dead_code)]
+
+pub mod client;
+pub mod node;
+pub mod services;

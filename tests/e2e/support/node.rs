@@ -1,0 +1,260 @@
+//! Runs the real `chat-server` and `chat-enqueue` binaries against a test's private database.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use super::client::TestClient;
+use super::services::{shared_mariadb, shared_redis, MariaDb};
+
+const SERVER: &str = env!("CARGO_BIN_EXE_chat-server");
+const ENQUEUE: &str = env!("CARGO_BIN_EXE_chat-enqueue");
+
+/// One test's world: a fresh database on the shared MariaDB, and the shared Redis.
+pub struct Env {
+    pub database: String,
+    pub db_url: String,
+    pub redis_url: String,
+    tag: String,
+}
+
+static ENVS: AtomicU32 = AtomicU32::new(0);
+
+impl Env {
+    pub fn new(name: &str) -> Env {
+        let db = shared_mariadb();
+        let database = db.create_database(name);
+        let tag = format!(
+            "{}-{}-{}",
+            name.replace('_', "-"),
+            std::process::id(),
+            ENVS.fetch_add(1, Ordering::Relaxed)
+        );
+        Env {
+            db_url: db.url(&database),
+            redis_url: shared_redis().url(),
+            database,
+            tag,
+        }
+    }
+
+    pub fn mariadb(&self) -> &'static MariaDb {
+        shared_mariadb()
+    }
+
+    /// Rows of `sql` on this test's database.
+    pub fn query(&self, sql: &str) -> Vec<Vec<String>> {
+        shared_mariadb().query(&self.database, sql)
+    }
+
+    /// A single number from `sql`.
+    pub fn count(&self, sql: &str) -> u64 {
+        let rows = self.query(sql);
+        rows[0][0]
+            .parse()
+            .unwrap_or_else(|_| panic!("{sql}: {rows:?}"))
+    }
+
+    /// A node id unique to this test.
+    pub fn node_id(&self, name: &str) -> String {
+        format!("{}-{name}", self.tag)
+    }
+
+    /// Starts a node named `name` with quick sweeps; `extra` flags go last.
+    pub fn node(&self, name: &str, extra: &[&str]) -> Node {
+        Node::start(self, &self.node_id(name), extra)
+    }
+
+    /// Runs `chat-enqueue` with this env's URLs and `args`.
+    pub fn enqueue_raw(&self, args: &[&str]) -> Output {
+        run_with_timeout(
+            Command::new(ENQUEUE)
+                .env_clear()
+                .env("PATH", std::env::var("PATH").unwrap_or_default())
+                .env("CHAT_DATABASE_URL", &self.db_url)
+                .env("CHAT_REDIS_URL", &self.redis_url)
+                .args(args),
+        )
+    }
+
+    /// Enqueues `text` for `client`; asserts success and returns the printed message id.
+    pub fn enqueue(&self, client: &str, text: &str) -> u64 {
+        let out = self.enqueue_raw(&[client, text]);
+        assert!(
+            out.status.success(),
+            "chat-enqueue failed: {out:?} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("chat-enqueue printed no id: {out:?}"))
+    }
+}
+
+/// Runs a command to completion within 60 s.
+pub fn run_with_timeout(cmd: &mut Command) -> Output {
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(out) => out.expect("wait"),
+        Err(_) => {
+            signal(pid, "KILL");
+            panic!("command {cmd:?} did not finish within 60 s");
+        }
+    }
+}
+
+/// Sends a signal by name to `pid` with kill(1) (no unsafe code needed).
+pub fn signal(pid: u32, name: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status();
+}
+
+/// A running `chat-server` process.
+pub struct Node {
+    child: Child,
+    pub port: u16,
+    pub node_id: String,
+    log: Arc<Mutex<String>>,
+}
+
+impl Node {
+    /// Starts a node and waits until it listens. Panics (with its log) if it does not.
+    pub fn start(env: &Env, node_id: &str, extra: &[&str]) -> Node {
+        let mut cmd = Command::new(SERVER);
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .args([
+                "--port",
+                "0",
+                "--log-format",
+                "json",
+                "--log-level",
+                "chat=debug,info",
+            ])
+            .args(["--database-url", &env.db_url, "--redis-url", &env.redis_url])
+            .args(["--node-id", node_id, "--sweep-interval", "1"])
+            .args(extra);
+        let (child, log, port) = spawn_logged(cmd);
+        let port = port.unwrap_or_else(|log| panic!("node {node_id} did not start:\n{log}"));
+        Node {
+            child,
+            port,
+            node_id: node_id.to_string(),
+            log,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// A client connected over IPv4 loopback, `GET_CLIENT_ID` already read.
+    pub fn connect(&self) -> TestClient {
+        let mut client = TestClient::connect(self.addr());
+        client.expect("GET_CLIENT_ID");
+        client
+    }
+
+    /// Everything the node logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM, then waits (bounded) for the exit status.
+    pub fn terminate(&mut self) -> ExitStatus {
+        signal(self.child.id(), "TERM");
+        self.wait(Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("node did not exit after SIGTERM:\n{}", self.log()))
+    }
+
+    /// Waits up to `limit` for the process to exit.
+    pub fn wait(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Spawns `cmd` with stderr captured into a shared log; returns the port from its `listening` event,
+/// or the log if the process exited (or 30 s passed) first.
+pub fn spawn_logged(mut cmd: Command) -> (Child, Arc<Mutex<String>>, Result<u16, String>) {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn chat-server");
+    let stderr = child.stderr.take().unwrap();
+    let log = Arc::new(Mutex::new(String::new()));
+    let (tx, rx) = mpsc::channel();
+    let sink = log.clone();
+    thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if line.contains("\"listening\"") {
+                if let Some(port) = listening_port(&line) {
+                    let _ = tx.send(port);
+                }
+            }
+            let mut log = sink.lock().unwrap();
+            log.push_str(&line);
+            log.push('\n');
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let port = loop {
+        if let Ok(port) = rx.recv_timeout(Duration::from_millis(50)) {
+            break Ok(port);
+        }
+        if Instant::now() > deadline || child.try_wait().ok().flatten().is_some() {
+            thread::sleep(Duration::from_millis(100));
+            break Err(log.lock().unwrap().clone());
+        }
+    };
+    (child, log, port)
+}
+
+fn listening_port(line: &str) -> Option<u16> {
+    let start = line.find("\"addr\":\"")? + 8;
+    let addr = &line[start..];
+    let addr = &addr[..addr.find('"')?];
+    addr.rsplit(':').next()?.parse().ok()
+}
