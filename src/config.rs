@@ -28,6 +28,25 @@ pub const DEFAULT_NODE_TTL: Duration = Duration::from_secs(5);
 /// MySQL connections one node keeps at most.
 pub const DEFAULT_DB_POOL: usize = 32;
 
+/// Where MySQL and Redis are: the flags both binaries share.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServiceUrls {
+    /// MySQL/MariaDB URL (chat-server creates the database if missing and migrates it on start).
+    #[arg(
+        long,
+        env = "CHAT_DATABASE_URL",
+        default_value = "mysql://root@127.0.0.1:3306/chat"
+    )]
+    pub database_url: String,
+    /// Redis URL (ownership leases and notifications).
+    #[arg(
+        long,
+        env = "CHAT_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379/"
+    )]
+    pub redis_url: String,
+}
+
 /// Everything a node needs to know besides its connections.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {

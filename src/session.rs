@@ -24,6 +24,8 @@ use crate::ClientId;
 
 /// How long the goodbye line may take to leave.
 const BYE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a session the node ends waits for acknowledgements already on their way.
+const LAST_ACKS: Duration = Duration::from_millis(50);
 
 /// Why a session ended.
 #[derive(Debug)]
@@ -96,7 +98,7 @@ impl Session {
             Ok(()) => self.established(&reg, &mut cursor, &shutdown).await,
             Err(end) => end,
         };
-        self.finish(&reg, &owner, &cursor, &end).await;
+        self.finish(&reg, &owner, &mut cursor, &end).await;
     }
 
     /// Reads the answer to `GET_CLIENT_ID` and claims the client. `Ok(None)`: the peer left.
@@ -330,13 +332,16 @@ impl Session {
     }
 
     /// Cleanup, in one place: goodbye line, final cursor, registry, Redis lease.
-    async fn finish(&mut self, reg: &Registration, owner: &Owner, cursor: &Cursor, end: &End) {
+    async fn finish(&mut self, reg: &Registration, owner: &Owner, cursor: &mut Cursor, end: &End) {
         let reason = match end {
             End::Shutdown => Some(ByeReason::Shutdown),
             End::TakenOver => Some(ByeReason::TakenOver),
             _ => None,
         };
         if let Some(reason) = reason {
+            if cursor.acknowledged() {
+                self.read_last_acks(cursor).await;
+            }
             self.out_reply(Reply::Bye(reason));
             let _ = self.flush_within(BYE_TIMEOUT).await;
         }
@@ -361,6 +366,17 @@ impl Session {
             End::Io(e) => info!(error = %e, "session ended by a socket error"),
             End::WriteTimeout => info!("session ended: client stopped reading"),
             other => info!(reason = ?other, "session ended"),
+        }
+    }
+
+    /// Before a session the node ends, takes in the acknowledgements the client already sent, so
+    /// they are recorded instead of lost (and the messages not delivered again).
+    async fn read_last_acks(&mut self, cursor: &mut Cursor) {
+        let deadline = Instant::now() + LAST_ACKS;
+        while let Ok(Some(Ok(line))) = tokio::time::timeout_at(deadline, self.reader.next()).await {
+            if let Ok(Command::Ack(id)) = protocol::parse_command(&line) {
+                let _ = cursor.ack(id);
+            }
         }
     }
 

@@ -7,7 +7,7 @@ use clap::builder::TypedValueParser;
 use clap::Parser;
 
 use chat::bus::Bus;
-use chat::config::redact_url;
+use chat::config::{redact_url, ServiceUrls};
 use chat::enqueue::{self, EnqueueError, Enqueuer};
 use chat::store::{Store, StoreError};
 use chat::ClientId;
@@ -32,20 +32,8 @@ const EXIT_UNKNOWN_CLIENT: u8 = 3;
                   stored; 3 unknown client id, nothing stored."
 )]
 struct Args {
-    /// MySQL/MariaDB URL.
-    #[arg(
-        long,
-        env = "CHAT_DATABASE_URL",
-        default_value = "mysql://root@127.0.0.1:3306/chat"
-    )]
-    database_url: String,
-    /// Redis URL.
-    #[arg(
-        long,
-        env = "CHAT_REDIS_URL",
-        default_value = "redis://127.0.0.1:6379/"
-    )]
-    redis_url: String,
+    #[command(flatten)]
+    urls: ServiceUrls,
     /// Longest message accepted, in bytes (at most 65535).
     #[arg(long, env = "CHAT_MAX_MESSAGE_BYTES", default_value_t = enqueue::DEFAULT_MAX_BYTES,
           value_parser = clap::value_parser!(u16).range(1..).map(usize::from))]
@@ -72,11 +60,11 @@ async fn main() -> ExitCode {
     if let Err(e) = enqueue::validate(&text, args.max_bytes) {
         return fail(EXIT_INVALID, e.to_string());
     }
-    let store = match Store::new(&args.database_url, 1) {
+    let store = match Store::new(&args.urls.database_url, 1) {
         Ok(store) => store,
         Err(e) => return fail(EXIT_INVALID, e.to_string()),
     };
-    let (bus, bus_error) = match Bus::connect(&args.redis_url).await {
+    let (bus, bus_error) = match Bus::connect(&args.urls.redis_url).await {
         Ok(bus) => (Some(bus), None),
         Err(e) => (None, Some(e)),
     };
@@ -96,7 +84,7 @@ async fn main() -> ExitCode {
             return fail(EXIT_STORE, e.to_string())
         }
         Err(EnqueueError::Store(e)) => {
-            let db = redact_url(&args.database_url);
+            let db = redact_url(&args.urls.database_url);
             return fail(
                 EXIT_STORE,
                 format!("cannot store the message in MySQL at {db}: {e}"),
@@ -104,7 +92,7 @@ async fn main() -> ExitCode {
         }
     };
     println!("{}", enqueued.message_id);
-    let redis = redact_url(&args.redis_url);
+    let redis = redact_url(&args.urls.redis_url);
     let warning = match (bus_error, enqueued.notified) {
         (Some(e), _) | (None, Err(e)) => Some(format!("Redis at {redis} is unreachable ({e})")),
         _ => None,

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use chat::bus::Bus;
-use chat::config::{self, redact_url, NodeConfig};
+use chat::config::{self, redact_url, NodeConfig, ServiceUrls};
 use chat::logging::{self, LogFormat};
 use chat::server::{self, Node};
 use chat::store::Store;
@@ -28,20 +28,8 @@ struct Args {
     /// Addresses to listen on, comma-separated (e.g. 127.0.0.1,::1). Default: every IPv4 and IPv6 address.
     #[arg(long, env = "CHAT_BIND", value_delimiter = ',')]
     bind: Vec<IpAddr>,
-    /// MySQL/MariaDB URL; the database is created if missing and migrated on start.
-    #[arg(
-        long,
-        env = "CHAT_DATABASE_URL",
-        default_value = "mysql://root@127.0.0.1:3306/chat"
-    )]
-    database_url: String,
-    /// Redis URL (ownership leases and notifications).
-    #[arg(
-        long,
-        env = "CHAT_REDIS_URL",
-        default_value = "redis://127.0.0.1:6379/"
-    )]
-    redis_url: String,
+    #[command(flatten)]
+    urls: ServiceUrls,
     /// This node's name in the cluster, unique per node: 1-64 of [A-Za-z0-9._-]. Default: generated.
     #[arg(long, env = "CHAT_NODE_ID")]
     node_id: Option<String>,
@@ -125,20 +113,20 @@ async fn serve(args: Args) -> Result<()> {
         .clone()
         .unwrap_or_else(config::generated_node_id);
     config::validate_node_id(&node_id).map_err(anyhow::Error::msg)?;
-    let db = redact_url(&args.database_url);
-    let applied = Store::migrate(&args.database_url)
+    let db = redact_url(&args.urls.database_url);
+    let applied = Store::migrate(&args.urls.database_url)
         .await
         .with_context(|| format!("cannot reach MySQL at {db}"))?;
     if !applied.is_empty() {
         info!(migrations = ?applied, "applied migrations");
     }
-    let store = Store::new(&args.database_url, args.db_pool)?;
+    let store = Store::new(&args.urls.database_url, args.db_pool)?;
     store
         .ping()
         .await
         .with_context(|| format!("cannot reach MySQL at {db}"))?;
-    let redis = redact_url(&args.redis_url);
-    let bus = Bus::connect(&args.redis_url)
+    let redis = redact_url(&args.urls.redis_url);
+    let bus = Bus::connect(&args.urls.redis_url)
         .await
         .with_context(|| format!("cannot reach Redis at {redis}"))?;
     bus.ping()

@@ -3,8 +3,10 @@
 
 mod support;
 
+mod ack;
 mod cluster;
 mod enqueue_cli;
+mod faults;
 mod handshake;
 mod lifecycle;
 mod services_smoke;

@@ -101,7 +101,7 @@ fn a_client_that_stops_reading_does_not_stall_others() {
 
     // About 16 MB for the stalled client: far more than the socket buffers hold.
     let body = "x".repeat(4000);
-    let db = crate::support::services::shared_mariadb();
+    let db = env.mariadb();
     let hex = stalled_id.replace('-', "");
     db.query(
         &env.database,

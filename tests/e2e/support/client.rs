@@ -7,9 +7,12 @@ use std::time::Duration;
 /// How long a test waits for a line it expects.
 pub const LINE_TIMEOUT: Duration = Duration::from_secs(15);
 
+#[derive(Debug)]
 pub struct TestClient {
     reader: BufReader<TcpStream>,
     writer: TcpStream,
+    /// Bytes of a line whose end has not arrived yet (kept across `try_line` timeouts).
+    partial: Vec<u8>,
 }
 
 impl TestClient {
@@ -21,7 +24,48 @@ impl TestClient {
         TestClient {
             reader: BufReader::new(stream.try_clone().unwrap()),
             writer: stream,
+            partial: Vec::new(),
         }
+    }
+
+    /// Like `connect`, but `None` when the node cannot be reached.
+    pub fn try_connect(addr: SocketAddr) -> Option<TestClient> {
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+        stream.set_write_timeout(Some(LINE_TIMEOUT)).ok()?;
+        Some(TestClient {
+            reader: BufReader::new(stream.try_clone().ok()?),
+            writer: stream,
+            partial: Vec::new(),
+        })
+    }
+
+    /// The next line within `wait`: `Ok(None)` on timeout (a partial line is kept for the next
+    /// call), `Err` when the connection closed or failed.
+    pub fn try_line(&mut self, wait: Duration) -> Result<Option<String>, String> {
+        self.writer.set_read_timeout(Some(wait)).unwrap();
+        let got = self.reader.read_until(b'\n', &mut self.partial);
+        self.writer.set_read_timeout(Some(LINE_TIMEOUT)).unwrap();
+        match got {
+            Ok(0) => Err("closed".into()),
+            Ok(_) if self.partial.ends_with(b"\n") => {
+                let mut line = std::mem::take(&mut self.partial);
+                if !line.ends_with(b"\r\n") {
+                    return Err(format!("not CRLF: {:?}", String::from_utf8_lossy(&line)));
+                }
+                line.truncate(line.len() - 2);
+                String::from_utf8(line).map(Some).map_err(|e| e.to_string())
+            }
+            Ok(_) => Err("closed mid-line".into()),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => Ok(None),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Sends a line, reporting failure instead of panicking.
+    pub fn try_send(&mut self, text: &str) -> bool {
+        self.writer
+            .write_all(format!("{text}\r\n").as_bytes())
+            .is_ok()
     }
 
     /// Sends raw bytes.

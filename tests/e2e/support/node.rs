@@ -10,25 +10,40 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use super::client::TestClient;
-use super::services::{shared_mariadb, shared_redis, MariaDb};
+use super::services::{shared_mariadb, shared_redis, MariaDb, Redis};
 
 const SERVER: &str = env!("CARGO_BIN_EXE_chat-server");
 const ENQUEUE: &str = env!("CARGO_BIN_EXE_chat-enqueue");
 
-/// One test's world: a fresh database on the shared MariaDB, and the shared Redis.
+/// One test's world: a fresh database and a Redis, shared with other tests or private to this one
+/// (private ones can be killed and restarted).
 pub struct Env {
     pub database: String,
     pub db_url: String,
     pub redis_url: String,
     tag: String,
+    own_db: Option<MariaDb>,
+    own_redis: Option<Redis>,
 }
 
 static ENVS: AtomicU32 = AtomicU32::new(0);
 
 impl Env {
+    /// A fresh database on the shared MariaDB, and the shared Redis.
     pub fn new(name: &str) -> Env {
-        let db = shared_mariadb();
+        Env::with(name, None, None)
+    }
+
+    /// A private MariaDB and Redis that the test may kill and restart.
+    pub fn private(name: &str) -> Env {
+        Env::with(name, Some(MariaDb::start()), Some(Redis::start()))
+    }
+
+    fn with(name: &str, own_db: Option<MariaDb>, own_redis: Option<Redis>) -> Env {
+        let db = own_db.as_ref().unwrap_or_else(|| shared_mariadb());
         let database = db.create_database(name);
+        let db_url = db.url(&database);
+        let redis_url = own_redis.as_ref().unwrap_or_else(|| shared_redis()).url();
         let tag = format!(
             "{}-{}-{}",
             name.replace('_', "-"),
@@ -36,20 +51,34 @@ impl Env {
             ENVS.fetch_add(1, Ordering::Relaxed)
         );
         Env {
-            db_url: db.url(&database),
-            redis_url: shared_redis().url(),
+            db_url,
+            redis_url,
             database,
             tag,
+            own_db,
+            own_redis,
         }
     }
 
-    pub fn mariadb(&self) -> &'static MariaDb {
-        shared_mariadb()
+    pub fn mariadb(&self) -> &MariaDb {
+        self.own_db.as_ref().unwrap_or_else(|| shared_mariadb())
+    }
+
+    /// This test's own MariaDB (only for `Env::private`).
+    pub fn mariadb_mut(&mut self) -> &mut MariaDb {
+        self.own_db.as_mut().expect("Env::private owns its MariaDB")
+    }
+
+    /// This test's own Redis (only for `Env::private`).
+    pub fn redis_mut(&mut self) -> &mut Redis {
+        self.own_redis
+            .as_mut()
+            .expect("Env::private owns its Redis")
     }
 
     /// Rows of `sql` on this test's database.
     pub fn query(&self, sql: &str) -> Vec<Vec<String>> {
-        shared_mariadb().query(&self.database, sql)
+        self.mariadb().query(&self.database, sql)
     }
 
     /// A single number from `sql`.
@@ -171,6 +200,29 @@ impl Node {
         let mut client = TestClient::connect(self.addr());
         client.expect("GET_CLIENT_ID");
         client
+    }
+
+    /// Creates `n` clients through this node (handshake, then `DISCONNECT`); returns their ids.
+    pub fn register(&self, n: usize) -> Vec<String> {
+        (0..n)
+            .map(|_| {
+                let mut c = self.connect();
+                let id = c.register();
+                c.send("DISCONNECT");
+                c.expect("BYE: disconnected");
+                id
+            })
+            .collect()
+    }
+
+    /// Resident memory of the node process, in KiB (from /proc).
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS")
     }
 
     /// Everything the node logged so far.
