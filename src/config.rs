@@ -25,6 +25,10 @@ pub const DEFAULT_MAX_INFLIGHT: usize = 100;
 pub const DEFAULT_HANDOFF_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a node's heartbeat key lives in Redis; renewed every fifth of it.
 pub const DEFAULT_NODE_TTL: Duration = Duration::from_secs(5);
+/// Failed handshakes (wrong or malformed ids) one address may make in a burst.
+pub const DEFAULT_MAX_FAILED_HANDSHAKES: u32 = 10;
+/// Time in which an address's spent allowance of failed handshakes refills.
+pub const DEFAULT_FAILED_HANDSHAKE_WINDOW: Duration = Duration::from_secs(60);
 /// MySQL connections one node keeps at most.
 pub const DEFAULT_DB_POOL: usize = 32;
 

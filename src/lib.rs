@@ -9,10 +9,12 @@
 //! - [`session`]: one client's life: handshake, delivery loop, cleanup.
 //! - [`delivery`]: a session's cursor: written, acknowledged, recorded.
 //! - [`server`]: listeners, accept loop, background sweeps, shutdown.
+//! - [`admission`]: ban list and the per-address limit on failed handshakes.
 //! - [`enqueue`]: the producer API behind `chat-enqueue`.
 //! - [`config`], [`logging`]: settings and log output shared by the binaries.
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod bus;
 pub mod codec;
 pub mod config;

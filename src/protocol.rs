@@ -64,7 +64,8 @@ pub enum CommandError {
     AckSyntax,
 }
 
-/// A short, printable, quoted copy of client input, safe to echo in an error line.
+/// A short, printable, quoted copy of client input, safe to echo in an error line: control
+/// characters, quotes and bytes that are not UTF-8 become `?`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Echo(String);
 
@@ -77,7 +78,8 @@ impl Echo {
                 out.push_str("...");
                 break;
             }
-            out.push(if c.is_control() || c == '"' { '?' } else { c });
+            let unsafe_char = c.is_control() || c == '"' || c == char::REPLACEMENT_CHARACTER;
+            out.push(if unsafe_char { '?' } else { c });
         }
         Echo(out)
     }
@@ -165,6 +167,8 @@ pub enum ByeReason {
     Shutdown,
     /// The same client id connected again, here or on another node.
     TakenOver,
+    /// The client id was banned while connected.
+    Banned,
 }
 
 /// A line the node sends.
@@ -192,13 +196,13 @@ impl Reply<'_> {
             }
             Reply::Message(body) => {
                 buf.put_slice(b"MESSAGE: ");
-                buf.put_slice(body);
+                put_one_line(buf, body);
             }
             Reply::AckedMessage(id, body) => {
                 buf.put_slice(b"MESSAGE ");
                 buf.put_slice(id.to_string().as_bytes());
                 buf.put_slice(b": ");
-                buf.put_slice(body);
+                put_one_line(buf, body);
             }
             Reply::Pong => buf.put_slice(b"PONG"),
             Reply::Bye(reason) => {
@@ -207,6 +211,7 @@ impl Reply<'_> {
                     ByeReason::Disconnect => b"disconnected".as_slice(),
                     ByeReason::Shutdown => b"server shutting down, reconnect later",
                     ByeReason::TakenOver => b"session taken over by a newer connection",
+                    ByeReason::Banned => b"banned",
                 });
             }
             Reply::Error(what) => {
@@ -225,6 +230,19 @@ impl Reply<'_> {
     }
 }
 
+/// Appends a message body that cannot break out of its line: enqueue refuses CR and LF, and a body
+/// that reached the database some other way has them replaced by spaces here.
+fn put_one_line(buf: &mut BytesMut, body: &[u8]) {
+    if !body.iter().any(|b| matches!(b, b'\r' | b'\n')) {
+        buf.put_slice(body);
+        return;
+    }
+    buf.extend(
+        body.iter()
+            .map(|&b| if matches!(b, b'\r' | b'\n') { b' ' } else { b }),
+    );
+}
+
 /// Errors that end a session or a handshake; their `Display` is the text after `ERROR: `.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SessionError {
@@ -238,6 +256,10 @@ pub enum SessionError {
     Unavailable,
     #[error("server full, try again later")]
     ServerFull,
+    #[error("banned")]
+    Banned,
+    #[error("too many failed handshakes from your address, try again later")]
+    RateLimited,
     #[error(transparent)]
     Hello(#[from] HelloError),
     #[error("ACK outside acknowledged mode (answer GET_CLIENT_ID with NONE ACK or <id> ACK)")]
@@ -320,6 +342,10 @@ mod tests {
         assert_eq!(line(Reply::GetClientId), "GET_CLIENT_ID\r\n");
         assert_eq!(line(Reply::Message(b"hi there")), "MESSAGE: hi there\r\n");
         assert_eq!(line(Reply::AckedMessage(7, b"hi")), "MESSAGE 7: hi\r\n");
+        assert_eq!(
+            line(Reply::Message(b"a\r\nERROR: forged\nz")),
+            "MESSAGE: a  ERROR: forged z\r\n"
+        );
         assert_eq!(line(Reply::Pong), "PONG\r\n");
         assert_eq!(
             line(Reply::Error(&SessionError::UnknownClient)),

@@ -1,6 +1,7 @@
 //! This node's live sessions by client id: wake one, kick one, list them for sweeps and lease renewal.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
@@ -13,6 +14,7 @@ struct Entry {
     epoch: u64,
     wake: Arc<Notify>,
     kick: CancellationToken,
+    banned: Arc<AtomicBool>,
 }
 
 /// What a session holds of its registration.
@@ -22,8 +24,16 @@ pub struct Registration {
     pub epoch: u64,
     /// Signalled when messages may be pending (coalesces: many wakes, one fetch).
     pub wake: Arc<Notify>,
-    /// Cancelled when a newer session took the client over.
+    /// Cancelled when a newer session took the client over, or the client was banned.
     pub kicked: CancellationToken,
+    banned: Arc<AtomicBool>,
+}
+
+impl Registration {
+    /// Whether the kick was a ban (rather than a takeover).
+    pub fn banned(&self) -> bool {
+        self.banned.load(Ordering::Relaxed)
+    }
 }
 
 /// The sessions of this node. The lock is never held across an await.
@@ -42,6 +52,7 @@ impl Registry {
     pub fn register(&self, id: ClientId, epoch: u64) -> Registration {
         let wake = Arc::new(Notify::new());
         let kick = CancellationToken::new();
+        let banned = Arc::new(AtomicBool::new(false));
         let mut sessions = self.lock();
         match sessions.get(&id) {
             Some(current) if current.epoch > epoch => kick.cancel(),
@@ -52,6 +63,7 @@ impl Registry {
                         epoch,
                         wake: wake.clone(),
                         kick: kick.clone(),
+                        banned: banned.clone(),
                     },
                 );
                 if let Some(old) = old {
@@ -64,6 +76,7 @@ impl Registry {
             epoch,
             wake,
             kicked: kick,
+            banned,
         }
     }
 
@@ -96,6 +109,18 @@ impl Registry {
                 true
             }
             _ => false,
+        }
+    }
+
+    /// Closes the session of `id`, if any, because the client was banned.
+    pub fn ban(&self, id: ClientId) -> bool {
+        match self.lock().remove(&id) {
+            Some(entry) => {
+                entry.banned.store(true, Ordering::Relaxed);
+                entry.kick.cancel();
+                true
+            }
+            None => false,
         }
     }
 
@@ -152,5 +177,15 @@ mod tests {
         assert!(s.kicked.is_cancelled());
         assert!(reg.is_empty());
         assert!(!reg.wake(id));
+    }
+
+    #[test]
+    fn a_ban_kicks_whatever_the_epoch() {
+        let reg = Registry::new();
+        let id = ClientId::random();
+        let s = reg.register(id, 9);
+        assert!(reg.ban(id));
+        assert!(s.kicked.is_cancelled() && s.banned());
+        assert!(!reg.ban(id));
     }
 }

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
+use crate::admission::{Admission, Verdict};
 use crate::bus::{Bus, Note, Owner};
 use crate::config::NodeConfig;
 use crate::protocol::{Reply, SessionError};
@@ -27,18 +28,36 @@ pub struct Node {
     pub store: Store,
     pub bus: Bus,
     pub registry: Registry,
+    pub admission: Admission,
     /// Asks the sweeper for a sweep now (after a Redis resubscription, notifications may be lost).
     sweep_now: Notify,
 }
 
 impl Node {
-    pub fn new(config: NodeConfig, store: Store, bus: Bus) -> Node {
+    pub fn new(config: NodeConfig, store: Store, bus: Bus, admission: Admission) -> Node {
         Node {
             config,
             store,
             bus,
             registry: Registry::new(),
+            admission,
             sweep_now: Notify::new(),
+        }
+    }
+
+    /// Re-reads the ban list (SIGHUP) and closes the live sessions of banned clients.
+    pub fn reload_bans(&self) {
+        match self.admission.reload() {
+            Ok(entries) => {
+                let kicked = self
+                    .admission
+                    .banned_clients()
+                    .into_iter()
+                    .filter(|id| self.registry.ban(*id))
+                    .count();
+                info!(entries, kicked, "ban list reloaded");
+            }
+            Err(e) => error!(error = %e, "ban list not reloaded; the previous one stays"),
         }
     }
 }
@@ -136,8 +155,8 @@ async fn accept_loop(
             _ = shutdown.cancelled() => return,
             accepted = listener.accept() => accepted,
         };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
             Err(e) => {
                 // Typically EMFILE: back off instead of spinning; sessions that end free descriptors.
                 error!(error = %e, "accept failed");
@@ -146,6 +165,16 @@ async fn accept_loop(
             }
         };
         tune(&stream);
+        let refusal = match node.admission.check_addr(peer.ip()) {
+            Verdict::Allow => None,
+            Verdict::Banned => Some(SessionError::Banned),
+            Verdict::RateLimited => Some(SessionError::RateLimited),
+        };
+        if let Some(why) = refusal {
+            debug!(peer = %peer, reason = %why, "connection refused");
+            sessions.spawn(refuse(stream, why));
+            continue;
+        }
         match permits.clone().try_acquire_owned() {
             Ok(permit) => {
                 let node = node.clone();
@@ -156,7 +185,7 @@ async fn accept_loop(
                 });
             }
             Err(_) => {
-                sessions.spawn(refuse(stream));
+                sessions.spawn(refuse(stream, SessionError::ServerFull));
             }
         }
     }
@@ -172,10 +201,10 @@ fn tune(stream: &TcpStream) {
     let _ = SockRef::from(stream).set_tcp_keepalive(&keepalive);
 }
 
-async fn refuse(mut stream: TcpStream) {
-    let line = Reply::Error(&SessionError::ServerFull).to_bytes();
+/// Answers a connection that is not admitted with one `ERROR:` line, then closes it.
+async fn refuse(mut stream: TcpStream, why: SessionError) {
+    let line = Reply::Error(&why).to_bytes();
     let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&line)).await;
-    debug!("connection refused: server full");
 }
 
 /// Receives this node's notifications from Redis; resubscribes with backoff when Redis goes away.

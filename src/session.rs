@@ -22,6 +22,8 @@ use crate::server::Node;
 use crate::store::{Acquire, Claim, Fetch};
 use crate::ClientId;
 
+/// Socket read buffer per connection; a longer line is assembled in the codec, up to `--max-line`.
+const READ_BUFFER: usize = 512;
 /// How long the goodbye line may take to leave.
 const BYE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a session the node ends waits for acknowledgements already on their way.
@@ -34,6 +36,7 @@ enum End {
     Disconnect,
     Shutdown,
     TakenOver,
+    Banned,
     LineTooLong,
     Io(std::io::Error),
     WriteTimeout,
@@ -46,9 +49,14 @@ pub async fn run(stream: TcpStream, node: Arc<Node>, shutdown: CancellationToken
     async move {
         let (read, write) = stream.into_split();
         let mut session = Session {
-            reader: FramedRead::new(read, LineCodec::new(node.config.max_line)),
+            reader: FramedRead::with_capacity(
+                read,
+                LineCodec::new(node.config.max_line),
+                READ_BUFFER,
+            ),
             writer: write,
             out: BytesMut::with_capacity(256),
+            peer: peer.map(|p| p.ip()),
             node,
         };
         session.serve(shutdown).await;
@@ -63,6 +71,7 @@ struct Session {
     writer: OwnedWriteHalf,
     /// Lines rendered and not yet written.
     out: BytesMut,
+    peer: Option<std::net::IpAddr>,
 }
 
 impl Session {
@@ -117,7 +126,12 @@ impl Session {
             Ok(Some(Err(LineError::TooLong(n)))) => return Err(SessionError::LineTooLong(n)),
             Ok(Some(Ok(line))) => line,
         };
-        let hello = protocol::parse_hello(&line)?;
+        let hello = protocol::parse_hello(&line).inspect_err(|_| self.failed())?;
+        if let Identity::Resume(id) = hello.identity {
+            if self.node.admission.is_banned(id) {
+                return Err(SessionError::Banned);
+            }
+        }
         let store = &self.node.store;
         let node_id = &self.node.config.node_id;
         let claimed = match hello.identity {
@@ -129,11 +143,21 @@ impl Session {
         };
         match claimed {
             Ok(Some((id, claim))) => Ok(Some((id, claim, hello.ack))),
-            Ok(None) => Err(SessionError::UnknownClient),
+            Ok(None) => {
+                self.failed();
+                Err(SessionError::UnknownClient)
+            }
             Err(e) => {
                 warn!(error = %e, "MySQL unavailable during handshake");
                 Err(SessionError::Unavailable)
             }
+        }
+    }
+
+    /// Counts a failed handshake against the peer's address.
+    fn failed(&self) {
+        if let Some(ip) = self.peer {
+            self.node.admission.failed(ip);
         }
     }
 
@@ -165,7 +189,9 @@ impl Session {
             let end = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => Some(End::Shutdown),
-                _ = reg.kicked.cancelled() => Some(End::TakenOver),
+                _ = reg.kicked.cancelled() => {
+                    Some(if reg.banned() { End::Banned } else { End::TakenOver })
+                }
                 line = self.reader.next() => self.on_line(line, reg, cursor).await,
                 _ = reg.wake.notified() => self.deliver(reg, cursor).await.err(),
                 _ = sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => {
@@ -336,6 +362,7 @@ impl Session {
         let reason = match end {
             End::Shutdown => Some(ByeReason::Shutdown),
             End::TakenOver => Some(ByeReason::TakenOver),
+            End::Banned => Some(ByeReason::Banned),
             _ => None,
         };
         if let Some(reason) = reason {

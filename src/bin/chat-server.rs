@@ -12,6 +12,7 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use chat::admission::{Admission, AdmissionConfig};
 use chat::bus::Bus;
 use chat::config::{self, redact_url, NodeConfig, ServiceUrls};
 use chat::logging::{self, LogFormat};
@@ -74,6 +75,21 @@ struct Args {
     /// Seconds this node's heartbeat lives in Redis (renewed every fifth); a node silent that long is dead.
     #[arg(long, env = "CHAT_NODE_TTL", value_parser = seconds, default_value = "5")]
     node_ttl: Duration,
+    /// File of bans, one per line: an IP address, a network (10.0.0.0/8, 2001:db8::/32) or a client
+    /// id; `#` starts a comment. Re-read on SIGHUP.
+    #[arg(long, env = "CHAT_BAN_FILE")]
+    ban_file: Option<std::path::PathBuf>,
+    /// Bans on the command line, comma-separated, in the ban-file syntax.
+    #[arg(long, env = "CHAT_BAN", value_delimiter = ',')]
+    ban: Vec<String>,
+    /// Failed handshakes (wrong or malformed ids) one address (IPv6: one /64) may make in a burst;
+    /// past it, connections from there are refused until the allowance refills.
+    #[arg(long, env = "CHAT_MAX_FAILED_HANDSHAKES", default_value_t = config::DEFAULT_MAX_FAILED_HANDSHAKES,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_failed_handshakes: u32,
+    /// Seconds in which a spent allowance of failed handshakes refills completely.
+    #[arg(long, env = "CHAT_FAILED_HANDSHAKE_WINDOW", value_parser = seconds, default_value = "60")]
+    failed_handshake_window: Duration,
     /// MySQL connections this node keeps at most.
     #[arg(long, env = "CHAT_DB_POOL", default_value_t = config::DEFAULT_DB_POOL)]
     db_pool: usize,
@@ -113,6 +129,13 @@ async fn serve(args: Args) -> Result<()> {
         .clone()
         .unwrap_or_else(config::generated_node_id);
     config::validate_node_id(&node_id).map_err(anyhow::Error::msg)?;
+    let admission = Admission::new(AdmissionConfig {
+        ban_file: args.ban_file.clone(),
+        bans: args.ban.clone(),
+        max_failures: args.max_failed_handshakes,
+        window: args.failed_handshake_window,
+    })
+    .map_err(anyhow::Error::msg)?;
     let db = redact_url(&args.urls.database_url);
     let applied = Store::migrate(&args.urls.database_url)
         .await
@@ -146,12 +169,24 @@ async fn serve(args: Args) -> Result<()> {
     config.max_inflight = args.max_inflight;
     config.handoff_timeout = args.handoff_timeout;
     config.node_ttl = args.node_ttl;
-    let node = Arc::new(Node::new(config, store, bus));
+    let node = Arc::new(Node::new(config, store, bus, admission));
 
     let shutdown = CancellationToken::new();
     tokio::spawn(on_signals(shutdown.clone()));
+    tokio::spawn(on_hangup(node.clone()));
     server::run(listeners, node, shutdown).await;
     Ok(())
+}
+
+/// SIGHUP re-reads the ban list.
+async fn on_hangup(node: Arc<Node>) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        warn!("cannot listen for SIGHUP; the ban list will not be reloaded");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        node.reload_bans();
+    }
 }
 
 /// The first SIGINT/SIGTERM starts a graceful shutdown; a second one exits at once.

@@ -8,6 +8,7 @@ mod cluster;
 mod enqueue_cli;
 mod faults;
 mod handshake;
+mod hostile;
 mod lifecycle;
 mod services_smoke;
 mod session;

@@ -28,6 +28,38 @@ impl TestClient {
         }
     }
 
+    /// Connects from source address `from` (any 127.x.y.z works on Linux loopback), so that tests
+    /// can look like different hosts.
+    pub fn connect_from(from: std::net::IpAddr, addr: SocketAddr) -> TestClient {
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket
+            .bind(&SocketAddr::new(from, 0).into())
+            .expect("bind source");
+        socket
+            .connect_timeout(&addr.into(), Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("connect {addr} from {from}: {e}"));
+        let stream: TcpStream = socket.into();
+        stream.set_read_timeout(Some(LINE_TIMEOUT)).unwrap();
+        stream.set_write_timeout(Some(LINE_TIMEOUT)).unwrap();
+        TestClient {
+            reader: BufReader::new(stream.try_clone().unwrap()),
+            writer: stream,
+            partial: Vec::new(),
+        }
+    }
+
+    /// Wraps an already connected stream.
+    pub fn from_stream(stream: TcpStream) -> TestClient {
+        stream.set_read_timeout(Some(LINE_TIMEOUT)).unwrap();
+        stream.set_write_timeout(Some(LINE_TIMEOUT)).unwrap();
+        TestClient {
+            reader: BufReader::new(stream.try_clone().unwrap()),
+            writer: stream,
+            partial: Vec::new(),
+        }
+    }
+
     /// Like `connect`, but `None` when the node cannot be reached.
     pub fn try_connect(addr: SocketAddr) -> Option<TestClient> {
         let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
@@ -157,6 +189,11 @@ impl TestClient {
             Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
             Err(e) => panic!("expected the connection to close: {e}"),
         }
+    }
+
+    /// Shuts the sending side (a half-closed socket); reading still works.
+    pub fn shutdown_write(&mut self) {
+        self.writer.shutdown(std::net::Shutdown::Write).unwrap();
     }
 
     /// Stops reading but keeps the socket open (a client that stalls).
