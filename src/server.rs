@@ -31,6 +31,8 @@ pub struct Node {
     pub admission: Admission,
     /// Asks the sweeper for a sweep now (after a Redis resubscription, notifications may be lost).
     sweep_now: Notify,
+    /// Asks for the leases to be written now (after Redis came back, possibly without its keys).
+    renew_now: Notify,
 }
 
 impl Node {
@@ -42,6 +44,7 @@ impl Node {
             registry: Registry::new(),
             admission,
             sweep_now: Notify::new(),
+            renew_now: Notify::new(),
         }
     }
 
@@ -215,8 +218,11 @@ async fn listen_notifications(node: Arc<Node>, stop: CancellationToken) {
             Ok(notes) => {
                 info!("subscribed to this node's channel");
                 backoff = Duration::from_millis(100);
-                // Anything published while we were not subscribed is lost: look in MySQL now.
+                // Anything published while we were not subscribed is lost: look in MySQL now. And
+                // a Redis that restarted lost the leases: write them again, so that enqueuers
+                // find this node without waiting for the next renewal.
                 node.sweep_now.notify_one();
+                node.renew_now.notify_one();
                 let mut notes = std::pin::pin!(notes);
                 loop {
                     let note = tokio::select! {
@@ -301,6 +307,7 @@ async fn renew_leases(node: Arc<Node>, stop: CancellationToken) {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
+            _ = node.renew_now.notified() => {}
         }
         let sessions: Vec<_> = node
             .registry

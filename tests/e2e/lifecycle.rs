@@ -66,6 +66,21 @@ fn sigterm_says_goodbye_to_every_client_and_exits_zero() {
 }
 
 #[test]
+fn sigint_is_a_graceful_shutdown_too() {
+    let env = Env::new("lc_int");
+    let mut node = env.node("a", &[]);
+    let mut c = node.connect();
+    c.register();
+    crate::support::node::signal(node.pid(), "INT");
+    c.expect("BYE: server shutting down, reconnect later");
+    c.expect_closed();
+    let status = node
+        .wait(Duration::from_secs(30))
+        .expect("exit after SIGINT");
+    assert_eq!(status.code(), Some(0), "{}", node.log());
+}
+
+#[test]
 fn help_explains_every_flag() {
     let out = run_with_timeout(Command::new(SERVER).arg("--help"));
     let help = String::from_utf8_lossy(&out.stdout);

@@ -179,8 +179,11 @@ impl Node {
                 "chat=debug,info",
             ])
             .args(["--database-url", &env.db_url, "--redis-url", &env.redis_url])
-            .args(["--node-id", node_id, "--sweep-interval", "1"])
+            .args(["--node-id", node_id])
             .args(extra);
+        if !extra.contains(&"--sweep-interval") {
+            cmd.args(["--sweep-interval", "1"]);
+        }
         let (child, log, port) = spawn_logged(cmd);
         let port = port.unwrap_or_else(|log| panic!("node {node_id} did not start:\n{log}"));
         Node {
