@@ -31,7 +31,7 @@ export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 
 # Options shared by mariadb-install-db and mariadbd (InnoDB file layout must match).
 MYSQL_COMMON_OPTS=(
-    --innodb-buffer-pool-size=64M
+    --innodb-buffer-pool-size=256M
     --innodb-log-file-size=16M
     --innodb-data-file-path=ibdata1:12M:autoextend
     --character-set-server=utf8mb4
@@ -128,7 +128,7 @@ start_mysql() {
             --socket="$MYSQL_SOCKET" --pid-file="$MYSQL_PIDFILE" \
             --log-error="$MYSQL_LOG" --tmpdir="$DATA" \
             --skip-name-resolve --max-connections=500 \
-            --innodb-flush-log-at-trx-commit=2 \
+            --innodb-flush-log-at-trx-commit=1 \
             "${MYSQL_COMMON_OPTS[@]}" \
             </dev/null >>"$MYSQL_LOG" 2>&1 &
         local launched=$! i

@@ -4,8 +4,8 @@
 //! - `chat:owner:{<client_id>}` = `<node_id>|<epoch>`, with a TTL (the lease), renewed while the
 //!   session lives and deleted when it ends (only by the session that wrote it).
 //! - `chat:alive:<node_id>`: present while the node lives (a heartbeat with a short TTL).
-//! - `chat:node:<node_id>`: the channel a node subscribes to. Payloads are `wake <client_id>`
-//!   (new messages are committed for that client) and `kick <client_id> <epoch>` (a newer session
+//! - `chat:node:<node_id>`: the channel a node subscribes to. Payloads are
+//!   `wake <client_id> [<client_id>...]` (new messages are committed for those clients) and `kick <client_id> <epoch>` (a newer session
 //!   with that epoch took the client over).
 //!
 //! Nothing here is trusted for correctness: a lost key or notification delays a message until the
@@ -50,11 +50,14 @@ pub enum BusError {
     Redis(#[from] redis::RedisError),
 }
 
+/// Most client ids in one `wake` notification.
+const WAKE_CHUNK: usize = 500;
+
 /// A notification received on this node's channel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Note {
-    /// Messages were committed for this client.
-    Wake(ClientId),
+    /// Messages were committed for these clients.
+    Wake(Vec<ClientId>),
     /// A session with this epoch took the client over.
     Kick(ClientId, u64),
 }
@@ -62,7 +65,15 @@ pub enum Note {
 impl Note {
     fn encode(&self) -> String {
         match self {
-            Note::Wake(id) => format!("wake {id}"),
+            Note::Wake(ids) => {
+                let mut out = String::with_capacity(5 + ids.len() * 37);
+                out.push_str("wake");
+                for id in ids {
+                    out.push(' ');
+                    out.push_str(&id.to_string());
+                }
+                out
+            }
             Note::Kick(id, epoch) => format!("kick {id} {epoch}"),
         }
     }
@@ -70,12 +81,19 @@ impl Note {
     /// Parses a channel payload; `None` for anything malformed.
     pub fn decode(payload: &str) -> Option<Note> {
         let mut words = payload.split(' ');
-        let note = match (words.next()?, words.next()?.parse().ok()?) {
-            ("wake", id) => Note::Wake(id),
-            ("kick", id) => Note::Kick(id, words.next()?.parse().ok()?),
-            _ => return None,
-        };
-        words.next().is_none().then_some(note)
+        match words.next()? {
+            "wake" => {
+                let ids = words
+                    .map(|w| w.parse().ok())
+                    .collect::<Option<Vec<ClientId>>>()?;
+                (!ids.is_empty()).then_some(Note::Wake(ids))
+            }
+            "kick" => {
+                let note = Note::Kick(words.next()?.parse().ok()?, words.next()?.parse().ok()?);
+                words.next().is_none().then_some(note)
+            }
+            _ => None,
+        }
     }
 }
 
@@ -258,9 +276,42 @@ impl Bus {
     /// Returns whether some node received it. Call only after the commit.
     pub async fn notify(&self, id: ClientId) -> Result<bool, BusError> {
         match self.owner(id).await? {
-            Some(owner) => Ok(self.send(&owner.node, Note::Wake(id)).await? > 0),
+            Some(owner) => Ok(self.send(&owner.node, Note::Wake(vec![id])).await? > 0),
             None => Ok(false),
         }
+    }
+
+    /// Tells the nodes holding these clients that messages were committed for them: one `MGET` of
+    /// the leases, then one publish per node (per 500 clients). Returns how many clients had a
+    /// holder. Call only after the commit.
+    pub async fn notify_many(&self, ids: &[ClientId]) -> Result<usize, BusError> {
+        let mut by_node: std::collections::HashMap<String, Vec<ClientId>> = Default::default();
+        let mut conn = self.conn.clone();
+        for chunk in ids.chunks(1000) {
+            let keys: Vec<String> = chunk.iter().map(|id| owner_key(*id)).collect();
+            let owners: Vec<Option<String>> = timed(
+                RESPONSE_TIMEOUT,
+                redis::cmd("MGET").arg(keys).query_async(&mut conn),
+            )
+            .await?;
+            for (id, owner) in chunk.iter().zip(owners) {
+                if let Some(owner) = owner.as_deref().and_then(Owner::decode) {
+                    by_node.entry(owner.node).or_default().push(*id);
+                }
+            }
+        }
+        let held = by_node.values().map(Vec::len).sum();
+        let mut pipe = redis::pipe();
+        for (node, ids) in &by_node {
+            for chunk in ids.chunks(WAKE_CHUNK) {
+                pipe.publish(node_channel(node), Note::Wake(chunk.to_vec()).encode())
+                    .ignore();
+            }
+        }
+        if !by_node.is_empty() {
+            timed(RESPONSE_TIMEOUT, pipe.query_async::<()>(&mut conn)).await?;
+        }
+        Ok(held)
     }
 
     /// Subscribes to `node`'s channel; the stream ends when the subscription's connection drops.
@@ -295,11 +346,18 @@ mod tests {
     #[test]
     fn notes_round_trip_and_junk_is_refused() {
         let id = ClientId::random();
-        for note in [Note::Wake(id), Note::Kick(id, 7)] {
+        let other = ClientId::random();
+        for note in [
+            Note::Wake(vec![id]),
+            Note::Wake(vec![id, other]),
+            Note::Kick(id, 7),
+        ] {
             assert_eq!(Note::decode(&note.encode()), Some(note));
         }
         assert_eq!(Note::decode("wake nope"), None);
+        assert_eq!(Note::decode("wake"), None);
         assert_eq!(Note::decode(&format!("wake {id} extra")), None);
+        assert_eq!(Note::decode(&format!("kick {id} 7 8")), None);
         assert_eq!(Note::decode(&format!("kick {id}")), None);
     }
 

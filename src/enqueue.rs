@@ -1,7 +1,7 @@
 //! The producer API: validate a message, commit it to MySQL, then tell the holding node over Redis.
 
 use crate::bus::{Bus, BusError};
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, Stored};
 use crate::ClientId;
 
 /// Default longest message body, in bytes.
@@ -97,6 +97,51 @@ impl Enqueuer {
             seq: stored.seq,
             notified,
         })
+    }
+
+    /// Stores many messages in one transaction, then notifies the holding nodes with one publish
+    /// per node. One result per item, in order: an invalid text or an unknown client fails only
+    /// its own item. `Err` as a whole when MySQL fails (then nothing of the batch is stored).
+    /// Returns also whether the notification went out (`Err` when Redis failed).
+    pub async fn enqueue_batch(
+        &self,
+        items: &[(ClientId, &str)],
+    ) -> Result<(Vec<Result<Stored, EnqueueError>>, Result<usize, BusError>), StoreError> {
+        let checked: Vec<Result<(), InvalidMessage>> = items
+            .iter()
+            .map(|(_, text)| validate(text, self.max_bytes))
+            .collect();
+        let valid: Vec<(ClientId, &[u8])> = items
+            .iter()
+            .zip(&checked)
+            .filter(|(_, ok)| ok.is_ok())
+            .map(|((id, text), _)| (*id, text.as_bytes()))
+            .collect();
+        let mut stored = self.store.enqueue_batch(&valid).await?.into_iter();
+        let results: Vec<Result<Stored, EnqueueError>> = items
+            .iter()
+            .zip(checked)
+            .map(|((id, _), ok)| match ok {
+                Err(e) => Err(EnqueueError::Invalid(e)),
+                Ok(()) => stored
+                    .next()
+                    .flatten()
+                    .ok_or(EnqueueError::UnknownClient(*id)),
+            })
+            .collect();
+        let mut woken: Vec<ClientId> = items
+            .iter()
+            .zip(&results)
+            .filter(|(_, r)| r.is_ok())
+            .map(|((id, _), _)| *id)
+            .collect();
+        woken.sort_unstable();
+        woken.dedup();
+        let notified = match &self.bus {
+            Some(bus) => bus.notify_many(&woken).await,
+            None => Ok(0),
+        };
+        Ok((results, notified))
     }
 
     /// Closes the MySQL connections.

@@ -8,6 +8,7 @@
 //! - [`registry`]: this node's live sessions, by client id.
 //! - [`session`]: one client's life: handshake, delivery loop, cleanup.
 //! - [`delivery`]: a session's cursor: written, acknowledged, recorded.
+//! - [`batcher`]: group commit: the MySQL reads and writes of many sessions as one statement.
 //! - [`server`]: listeners, accept loop, background sweeps, shutdown.
 //! - [`admission`]: ban list and the per-address limit on failed handshakes.
 //! - [`enqueue`]: the producer API behind `chat-enqueue`.
@@ -15,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admission;
+pub mod batcher;
 pub mod bus;
 pub mod codec;
 pub mod config;

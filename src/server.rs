@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
 use crate::admission::{Admission, Verdict};
+use crate::batcher::{Batcher, Cursors, Fetches};
 use crate::bus::{Bus, Note, Owner};
 use crate::config::NodeConfig;
 use crate::protocol::{Reply, SessionError};
@@ -29,6 +30,10 @@ pub struct Node {
     pub bus: Bus,
     pub registry: Registry,
     pub admission: Admission,
+    /// Reads pending messages for many sessions per statement.
+    pub fetches: Batcher<Fetches>,
+    /// Writes the cursors of many sessions per statement.
+    pub cursors: Batcher<Cursors>,
     /// Asks the sweeper for a sweep now (after a Redis resubscription, notifications may be lost).
     sweep_now: Notify,
     /// Asks for the leases to be written now (after Redis came back, possibly without its keys).
@@ -38,6 +43,8 @@ pub struct Node {
 impl Node {
     pub fn new(config: NodeConfig, store: Store, bus: Bus, admission: Admission) -> Node {
         Node {
+            fetches: Batcher::spawn(Fetches(store.clone())),
+            cursors: Batcher::spawn(Cursors(store.clone())),
             config,
             store,
             bus,
@@ -230,8 +237,10 @@ async fn listen_notifications(node: Arc<Node>, stop: CancellationToken) {
                         note = notes.next() => note,
                     };
                     match note {
-                        Some(Some(Note::Wake(id))) => {
-                            node.registry.wake(id);
+                        Some(Some(Note::Wake(ids))) => {
+                            for id in ids {
+                                node.registry.wake(id);
+                            }
                         }
                         Some(Some(Note::Kick(id, epoch))) => {
                             node.registry.kick(id, epoch);

@@ -259,8 +259,8 @@ impl Session {
         }
         let node = self.node.clone();
         let fetched = node
-            .store
-            .fetch_pending(reg.client_id, reg.epoch, cursor.sent, room)
+            .fetches
+            .call((reg.client_id, reg.epoch, cursor.sent, room))
             .await;
         let messages = match fetched {
             Ok(Fetch::Owned(messages)) => messages,
@@ -343,8 +343,8 @@ impl Session {
         };
         match self
             .node
-            .store
-            .mark_delivered(reg.client_id, reg.epoch, done)
+            .cursors
+            .call((reg.client_id, reg.epoch, done))
             .await
         {
             Ok(true) => cursor.recorded(done),

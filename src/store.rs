@@ -1,5 +1,6 @@
 //! MySQL, the source of truth: every SQL statement of the product and the migrations runner.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::time::Duration;
 
@@ -12,6 +13,7 @@ use crate::ClientId;
 const MIGRATIONS: &[(u32, &str, &str)] = &[
     (1, "0001_init", include_str!("../sql/0001_init.sql")),
     (2, "0002_holder", include_str!("../sql/0002_holder.sql")),
+    (3, "0003_cursors", include_str!("../sql/0003_cursors.sql")),
 ];
 
 /// Bound on one statement's round trip, so a hung server cannot hang a session forever.
@@ -35,6 +37,11 @@ pub enum StoreError {
     MigrationLock,
     #[error(transparent)]
     Mysql(#[from] mysql_async::Error),
+    /// A failure of a statement shared by several callers (group commit), as text.
+    #[error("{0}")]
+    Shared(String),
+    #[error("the batching task has stopped")]
+    BatcherGone,
 }
 
 impl StoreError {
@@ -111,15 +118,25 @@ pub struct Store {
 }
 
 impl Store {
-    /// A pool of at most `max_connections` to `url` (connections are opened lazily).
+    /// A pool of at most `max_connections` to `url`, kept open while in use (opened lazily).
     pub fn new(url: &str, max_connections: usize) -> Result<Store, StoreError> {
         let opts = Opts::from_url(url).map_err(|e| StoreError::Url(e.to_string()))?;
-        let constraints = PoolConstraints::new(0, max_connections.max(1))
+        let max = max_connections.max(1);
+        let constraints = PoolConstraints::new(max.min(2), max)
             .ok_or_else(|| StoreError::Url("invalid pool size".into()))?;
         let opts = OptsBuilder::from_opts(opts)
             // Affected rows = matched rows, so a fenced no-op update still proves ownership.
             .client_found_rows(true)
-            .pool_opts(PoolOpts::default().with_constraints(constraints));
+            // No COM_RESET_CONNECTION on every return to the pool: it costs round trips and drops
+            // the prepared statements; no query here leaves session state behind.
+            .pool_opts(
+                PoolOpts::default()
+                    .with_constraints(constraints)
+                    .with_reset_connection(false)
+                    // Idle connections above the minimum live this long; without a TTL the pool
+                    // closes every connection above the minimum as soon as it is returned.
+                    .with_inactive_connection_ttl(Duration::from_secs(60)),
+            );
         Ok(Store {
             pool: Pool::new(opts),
         })
@@ -177,12 +194,19 @@ impl Store {
         let id = ClientId::random();
         self.timed(async {
             let mut conn = self.pool.get_conn().await?;
-            conn.exec_drop(
-                "INSERT INTO clients (id, session_epoch, holder_epoch, holder_node, owner_node, \
-                 last_seen_at) VALUES (?, 1, 1, ?, ?, NOW(6))",
-                (&id.as_bytes()[..], node, node),
+            let mut tx = conn.start_transaction(TxOpts::default()).await?;
+            tx.exec_drop(
+                "INSERT INTO clients (id, session_epoch, owner_node, last_seen_at) \
+                 VALUES (?, 1, ?, NOW(6))",
+                (&id.as_bytes()[..], node),
             )
-            .await
+            .await?;
+            tx.exec_drop(
+                "INSERT INTO cursors (client_id, holder_epoch, holder_node) VALUES (?, 1, ?)",
+                (&id.as_bytes()[..], node),
+            )
+            .await?;
+            tx.commit().await
         })
         .await?;
         Ok((
@@ -216,7 +240,7 @@ impl Store {
             let epoch = conn.last_insert_id().unwrap_or_default();
             let delivered_seq: Option<u64> = conn
                 .exec_first(
-                    "SELECT delivered_seq FROM clients WHERE id = ?",
+                    "SELECT delivered_seq FROM cursors WHERE client_id = ?",
                     (&id.as_bytes()[..],),
                 )
                 .await?;
@@ -229,42 +253,67 @@ impl Store {
         .await
     }
 
-    /// The next `limit` messages after `after_seq`, in order, if session `epoch` still owns the client.
-    pub async fn fetch_pending(
+    /// The next pending messages of many sessions, in two statements (one for the epochs, one for
+    /// the messages). Per request (client, epoch, after_seq, limit), in order: the next `limit`
+    /// messages after `after_seq` if session `epoch` still owns the client, else `Stale`. Seqs of a
+    /// client are contiguous, so `seq BETWEEN after+1 AND after+limit` is exactly its next page.
+    pub async fn fetch_pending_many(
         &self,
-        id: ClientId,
-        epoch: u64,
-        after_seq: u64,
-        limit: usize,
-    ) -> Result<Fetch, StoreError> {
-        // (current epoch, seq, id, body); the message columns are NULL when nothing is pending.
-        type Row = (u64, Option<u64>, Option<u64>, Option<Vec<u8>>);
-        let rows: Vec<Row> = self
+        requests: &[(ClientId, u64, u64, usize)],
+    ) -> Result<Vec<Fetch>, StoreError> {
+        if requests.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<ClientId> = requests.iter().map(|r| r.0).collect();
+        let list = hex_list(&ids);
+        let ranges = requests
+            .iter()
+            .map(|(id, _, after, limit)| {
+                format!(
+                    "(client_id = X'{}' AND seq BETWEEN {} AND {})",
+                    hex(id.as_bytes()),
+                    after + 1,
+                    after + *limit as u64
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" OR ");
+        let (epochs, rows) = self
             .timed(async {
                 let mut conn = self.pool.get_conn().await?;
-                conn.exec(
-                    "SELECT c.session_epoch, m.seq, m.id, m.body FROM clients c \
-                     LEFT JOIN messages m ON m.client_id = c.id AND m.seq > ? \
-                     WHERE c.id = ? ORDER BY m.seq LIMIT ?",
-                    (after_seq, &id.as_bytes()[..], limit as u64),
-                )
-                .await
+                let epochs: Vec<(Vec<u8>, u64)> = conn
+                    .query(format!(
+                        "SELECT id, session_epoch FROM clients WHERE id IN ({list})"
+                    ))
+                    .await?;
+                let rows: Vec<(Vec<u8>, u64, u64, Vec<u8>)> = conn
+                    .query(format!(
+                        "SELECT client_id, seq, id, body FROM messages WHERE {ranges} \
+                         ORDER BY client_id, seq"
+                    ))
+                    .await?;
+                Ok((epochs, rows))
             })
             .await?;
-        match rows.first() {
-            Some((current, ..)) if *current == epoch => Ok(Fetch::Owned(
-                rows.into_iter()
-                    .filter_map(|(_, seq, id, body)| {
-                        Some(Pending {
-                            seq: seq?,
-                            id: id?,
-                            body: body?,
-                        })
-                    })
-                    .collect(),
-            )),
-            _ => Ok(Fetch::Stale),
+        let epochs: HashMap<Vec<u8>, u64> = epochs.into_iter().collect();
+        let mut pages: HashMap<Vec<u8>, Vec<Pending>> = HashMap::new();
+        for (client, seq, id, body) in rows {
+            pages
+                .entry(client)
+                .or_default()
+                .push(Pending { seq, id, body });
         }
+        Ok(requests
+            .iter()
+            .map(|(id, epoch, _, _)| {
+                let key = &id.as_bytes()[..];
+                if epochs.get(key) == Some(epoch) {
+                    Fetch::Owned(pages.remove(key).unwrap_or_default())
+                } else {
+                    Fetch::Stale
+                }
+            })
+            .collect())
     }
 
     /// Takes the right to deliver to `id` for session `epoch` of `node`: granted when nobody holds
@@ -279,16 +328,18 @@ impl Store {
         self.timed(async {
             let mut conn = self.pool.get_conn().await?;
             conn.exec_drop(
-                "UPDATE clients SET holder_epoch = ?, holder_node = ? \
-                 WHERE id = ? AND session_epoch = ? \
-                 AND (holder_epoch IS NULL OR holder_epoch = ? OR ?)",
+                "UPDATE cursors d JOIN clients c ON c.id = d.client_id \
+                 SET d.holder_epoch = ?, d.holder_node = ? \
+                 WHERE d.client_id = ? AND c.session_epoch = ? \
+                 AND (d.holder_epoch IS NULL OR d.holder_epoch = ? OR ?)",
                 (epoch, node, &id.as_bytes()[..], epoch, epoch, force),
             )
             .await?;
             let acquired = conn.affected_rows() == 1;
             let row: Option<(u64, u64, Option<String>)> = conn
                 .exec_first(
-                    "SELECT session_epoch, delivered_seq, holder_node FROM clients WHERE id = ?",
+                    "SELECT c.session_epoch, d.delivered_seq, d.holder_node \
+                     FROM clients c JOIN cursors d ON d.client_id = c.id WHERE c.id = ?",
                     (&id.as_bytes()[..],),
                 )
                 .await?;
@@ -303,23 +354,44 @@ impl Store {
         .await
     }
 
-    /// Records that every message up to `seq` is done (written, or acknowledged in acknowledged
-    /// mode). `false` when session `epoch` no longer holds the delivery right (nothing is recorded).
-    pub async fn mark_delivered(
+    /// Records, for many sessions in one statement (group commit), that every message up to `seq`
+    /// is done (written, or acknowledged in acknowledged mode). One entry per (client, epoch,
+    /// seq), each client at most once. Per entry: `false` when session `epoch` no longer holds the
+    /// delivery right (nothing recorded for it).
+    pub async fn mark_delivered_many(
         &self,
-        id: ClientId,
-        epoch: u64,
-        seq: u64,
-    ) -> Result<bool, StoreError> {
+        entries: &[(ClientId, u64, u64)],
+    ) -> Result<Vec<bool>, StoreError> {
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<ClientId> = entries.iter().map(|e| e.0).collect();
+        let list = hex_list(&ids);
+        let (mut seqs, mut epochs) = (String::new(), String::new());
+        for (id, epoch, seq) in entries {
+            let key = hex(id.as_bytes());
+            seqs.push_str(&format!(" WHEN X'{key}' THEN {seq}"));
+            epochs.push_str(&format!(" WHEN X'{key}' THEN {epoch}"));
+        }
         self.timed(async {
             let mut conn = self.pool.get_conn().await?;
-            conn.exec_drop(
-                "UPDATE clients SET delivered_seq = GREATEST(delivered_seq, ?), last_seen_at = NOW(6) \
-                 WHERE id = ? AND holder_epoch = ?",
-                (seq, &id.as_bytes()[..], epoch),
-            )
+            conn.query_drop(format!(
+                "UPDATE cursors SET delivered_seq = GREATEST(delivered_seq, CASE client_id{seqs} END) \
+                 WHERE client_id IN ({list}) AND holder_epoch = CASE client_id{epochs} END"
+            ))
             .await?;
-            Ok(conn.affected_rows() == 1)
+            if conn.affected_rows() == entries.len() as u64 {
+                return Ok(vec![true; entries.len()]);
+            }
+            // Some sessions lost the right: find which.
+            let holders: Vec<(Vec<u8>, Option<u64>)> = conn
+                .query(format!("SELECT client_id, holder_epoch FROM cursors WHERE client_id IN ({list})"))
+                .await?;
+            let holders: HashMap<Vec<u8>, Option<u64>> = holders.into_iter().collect();
+            Ok(entries
+                .iter()
+                .map(|(id, epoch, _)| holders.get(&id.as_bytes()[..]).copied().flatten() == Some(*epoch))
+                .collect())
         })
         .await
     }
@@ -335,8 +407,8 @@ impl Store {
         self.timed(async {
             let mut conn = self.pool.get_conn().await?;
             conn.exec_drop(
-                "UPDATE clients SET delivered_seq = GREATEST(delivered_seq, ?), holder_epoch = NULL, \
-                 holder_node = NULL, last_seen_at = NOW(6) WHERE id = ? AND holder_epoch = ?",
+                "UPDATE cursors SET delivered_seq = GREATEST(delivered_seq, ?), holder_epoch = NULL, \
+                 holder_node = NULL WHERE client_id = ? AND holder_epoch = ?",
                 (delivered_seq, &id.as_bytes()[..], epoch),
             )
             .await
@@ -348,14 +420,10 @@ impl Store {
     pub async fn sweep(&self, ids: &[ClientId]) -> Result<Vec<SweepRow>, StoreError> {
         let mut out = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(SWEEP_CHUNK) {
-            // Hex literals of our own typed ids: no injection, and no prepared statement per arity.
-            let list = chunk
-                .iter()
-                .map(|id| format!("X'{}'", hex(id.as_bytes())))
-                .collect::<Vec<_>>()
-                .join(",");
+            let list = hex_list(chunk);
             let sql = format!(
-                "SELECT id, session_epoch, last_seq > delivered_seq FROM clients WHERE id IN ({list})"
+                "SELECT c.id, c.session_epoch, c.last_seq > d.delivered_seq \
+                 FROM clients c JOIN cursors d ON d.client_id = c.id WHERE c.id IN ({list})"
             );
             let rows: Vec<(Vec<u8>, u64, bool)> = self
                 .timed(async {
@@ -401,6 +469,114 @@ impl Store {
                 id: message_id,
                 seq,
             }))
+        })
+        .await
+    }
+
+    /// Appends many messages, for many clients, in one transaction: one `UPDATE` of the client rows,
+    /// one multi-row `INSERT` per 1,000 messages. The result has one entry per item, in order;
+    /// `None` for an item whose client does not exist (nothing is stored for it).
+    pub async fn enqueue_batch(
+        &self,
+        items: &[(ClientId, &[u8])],
+    ) -> Result<Vec<Option<Stored>>, StoreError> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut counts: HashMap<ClientId, u64> = HashMap::new();
+        for (id, _) in items {
+            *counts.entry(*id).or_default() += 1;
+        }
+        let ids: Vec<ClientId> = counts.keys().copied().collect();
+        let list = hex_list(&ids);
+        let cases: String = counts
+            .iter()
+            .map(|(id, n)| format!(" WHEN X'{}' THEN {n}", hex(id.as_bytes())))
+            .collect();
+        self.timed(async {
+            let mut conn = self.pool.get_conn().await?;
+            let mut tx = conn.start_transaction(TxOpts::default()).await?;
+            // Row locks on every client of the batch, taken in one statement: seqs are in commit order.
+            tx.query_drop(format!(
+                "UPDATE clients SET last_seq = last_seq + CASE id{cases} END WHERE id IN ({list})"
+            ))
+            .await?;
+            let rows: Vec<(Vec<u8>, u64)> = tx
+                .query(format!(
+                    "SELECT id, last_seq FROM clients WHERE id IN ({list})"
+                ))
+                .await?;
+            // Next seq to hand out per client: its new last_seq minus what this batch takes, plus one.
+            let mut next: HashMap<ClientId, u64> = rows
+                .into_iter()
+                .filter_map(|(id, last)| {
+                    let id = ClientId::from_slice(&id)?;
+                    Some((id, last + 1 - counts[&id]))
+                })
+                .collect();
+            let planned: Vec<Option<u64>> = items
+                .iter()
+                .map(|(id, _)| {
+                    next.get_mut(id).map(|seq| {
+                        *seq += 1;
+                        *seq - 1
+                    })
+                })
+                .collect();
+            let rows: Vec<(ClientId, u64, &[u8])> = items
+                .iter()
+                .zip(&planned)
+                .filter_map(|((id, body), seq)| Some((*id, (*seq)?, *body)))
+                .collect();
+            for chunk in rows.chunks(1000) {
+                let placeholders = vec!["(?, ?, ?)"; chunk.len()].join(", ");
+                let params: Vec<mysql_async::Value> = chunk
+                    .iter()
+                    .flat_map(|(id, seq, body)| {
+                        [
+                            id.as_bytes().to_vec().into(),
+                            (*seq).into(),
+                            body.to_vec().into(),
+                        ]
+                    })
+                    .collect();
+                tx.exec_drop(
+                    format!("INSERT INTO messages (client_id, seq, body) VALUES {placeholders}"),
+                    params,
+                )
+                .await?;
+            }
+            // The global ids, read back by primary key (auto-increment runs need not be contiguous).
+            let mut ids_by_key: HashMap<(ClientId, u64), u64> = HashMap::with_capacity(rows.len());
+            for chunk in rows.chunks(1000) {
+                let keys = chunk
+                    .iter()
+                    .map(|(id, seq, _)| format!("(X'{}', {seq})", hex(id.as_bytes())))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let found: Vec<(Vec<u8>, u64, u64)> = tx
+                    .query(format!(
+                        "SELECT client_id, seq, id FROM messages WHERE (client_id, seq) IN ({keys})"
+                    ))
+                    .await?;
+                for (client, seq, id) in found {
+                    if let Some(client) = ClientId::from_slice(&client) {
+                        ids_by_key.insert((client, seq), id);
+                    }
+                }
+            }
+            tx.commit().await?;
+            Ok(items
+                .iter()
+                .zip(planned)
+                .map(|((client, _), seq)| {
+                    let seq = seq?;
+                    Some(Stored {
+                        id: ids_by_key.get(&(*client, seq)).copied().unwrap_or_default(),
+                        seq,
+                    })
+                })
+                .collect())
         })
         .await
     }
@@ -469,6 +645,15 @@ fn statements(sql: &str) -> Vec<String> {
     out
 }
 
+/// `X'..',X'..'` for an `IN (...)` list: hex literals of our own typed ids, so no injection is
+/// possible and no prepared statement is made per list length.
+fn hex_list(ids: &[ClientId]) -> String {
+    ids.iter()
+        .map(|id| format!("X'{}'", hex(id.as_bytes())))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -492,6 +677,7 @@ mod tests {
         );
         assert_eq!(statements(MIGRATIONS[0].2).len(), 2);
         assert_eq!(statements(MIGRATIONS[1].2).len(), 1);
+        assert_eq!(statements(MIGRATIONS[2].2).len(), 3);
     }
 
     #[test]

@@ -302,7 +302,7 @@ fn a_stalled_reader_with_10000_queued_costs_bounded_memory() {
         "RSS grew from {before} to {peak} KiB"
     );
     let delivered = env.count(&format!(
-        "SELECT delivered_seq FROM clients WHERE id = X'{hex}'"
+        "SELECT delivered_seq FROM cursors WHERE client_id = X'{hex}'"
     ));
     assert!(delivered < 10_000, "delivered_seq {delivered}");
 }

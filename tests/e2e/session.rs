@@ -50,7 +50,7 @@ fn pending_messages_arrive_in_order_on_connect() {
     c.resume(&id);
     c.expect_silence(Duration::from_millis(500));
     assert_eq!(
-        env.count("SELECT delivered_seq FROM clients"),
+        env.count("SELECT delivered_seq FROM cursors"),
         texts.len() as u64
     );
 }
@@ -123,7 +123,7 @@ fn a_client_that_stops_reading_does_not_stall_others() {
     // The stalled session is dropped after the write timeout; its messages stay pending.
     std::thread::sleep(Duration::from_secs(4));
     let delivered = env.count(&format!(
-        "SELECT delivered_seq FROM clients WHERE id = X'{hex}'"
+        "SELECT delivered_seq FROM cursors WHERE client_id = X'{hex}'"
     ));
     assert!(delivered < 4001, "delivered_seq {delivered}");
     healthy.send("PING");

@@ -1,0 +1,157 @@
+//! Group commit for MySQL work of many sessions: requests that wait together go out as one statement.
+//!
+//! A session sends its request and waits for the answer. The batcher takes every request that is
+//! waiting (up to a bound), runs them as one operation, answers each, and starts over: the more
+//! sessions work at once, the more each statement carries, with no timer and no added latency when
+//! the node is quiet.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+use tracing::warn;
+
+use crate::store::{Fetch, Store, StoreError};
+use crate::ClientId;
+
+/// Requests that may wait (a session waits for its own answer, so this bounds memory).
+const QUEUE: usize = 20_000;
+
+/// One kind of batched operation.
+pub trait BatchOp: Send + Sync + 'static {
+    type Item: Send + 'static;
+    type Output: Send + 'static;
+    /// Most items in one operation.
+    const MAX: usize;
+    /// What the operation is, for the log.
+    const NAME: &'static str;
+    /// The client an item is about: one item per client per operation.
+    fn client(item: &Self::Item) -> ClientId;
+    /// Runs the items as one operation; one output per item, in order.
+    fn run(
+        &self,
+        items: Vec<Self::Item>,
+    ) -> impl Future<Output = Result<Vec<Self::Output>, StoreError>> + Send;
+}
+
+struct Request<Op: BatchOp> {
+    item: Op::Item,
+    reply: oneshot::Sender<Result<Op::Output, StoreError>>,
+}
+
+/// Handle to a batching task.
+pub struct Batcher<Op: BatchOp> {
+    tx: mpsc::Sender<Request<Op>>,
+}
+
+impl<Op: BatchOp> Clone for Batcher<Op> {
+    fn clone(&self) -> Self {
+        Batcher {
+            tx: self.tx.clone(),
+        }
+    }
+}
+
+impl<Op: BatchOp> Batcher<Op> {
+    /// Starts the task; it ends when every handle is dropped.
+    pub fn spawn(op: Op) -> Batcher<Op> {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(run(Arc::new(op), rx));
+        Batcher { tx }
+    }
+
+    /// Runs `item` in the next batch and returns its output.
+    pub async fn call(&self, item: Op::Item) -> Result<Op::Output, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        if self.tx.send(Request { item, reply }).await.is_err() {
+            return Err(StoreError::BatcherGone);
+        }
+        answer.await.unwrap_or(Err(StoreError::BatcherGone))
+    }
+}
+
+async fn run<Op: BatchOp>(op: Arc<Op>, mut rx: mpsc::Receiver<Request<Op>>) {
+    let mut waiting: Vec<Request<Op>> = Vec::new();
+    loop {
+        if waiting.is_empty() {
+            match rx.recv().await {
+                Some(request) => waiting.push(request),
+                None => return,
+            }
+        }
+        while waiting.len() < Op::MAX * 2 {
+            match rx.try_recv() {
+                Ok(request) => waiting.push(request),
+                Err(_) => break,
+            }
+        }
+        // One item per client per operation; a second one (a takeover on this node) waits a turn.
+        let mut seen = HashSet::new();
+        let (batch, later): (Vec<Request<Op>>, Vec<Request<Op>>) = waiting
+            .drain(..)
+            .partition(|r| seen.len() < Op::MAX && seen.insert(Op::client(&r.item)));
+        waiting = later;
+        let (items, replies): (Vec<Op::Item>, Vec<_>) =
+            batch.into_iter().map(|r| (r.item, r.reply)).unzip();
+        let count = items.len();
+        match op.run(items).await {
+            Ok(outputs) => {
+                for (reply, output) in replies.into_iter().zip(outputs) {
+                    let _ = reply.send(Ok(output));
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, count, op = Op::NAME, "batched MySQL operation failed");
+                let text = e.to_string();
+                for reply in replies {
+                    let _ = reply.send(Err(StoreError::Shared(text.clone())));
+                }
+            }
+        }
+    }
+}
+
+/// Reads of pending messages: (client, epoch, after_seq, limit) -> [`Fetch`].
+pub struct Fetches(pub Store);
+
+impl BatchOp for Fetches {
+    type Item = (ClientId, u64, u64, usize);
+    type Output = Fetch;
+    const MAX: usize = 200;
+    const NAME: &'static str = "fetch pending";
+
+    fn client(item: &Self::Item) -> ClientId {
+        item.0
+    }
+
+    fn run(
+        &self,
+        items: Vec<Self::Item>,
+    ) -> impl Future<Output = Result<Vec<Fetch>, StoreError>> + Send {
+        let store = self.0.clone();
+        async move { store.fetch_pending_many(&items).await }
+    }
+}
+
+/// Cursor writes: (client, epoch, seq) -> recorded (false: the session lost the delivery right).
+pub struct Cursors(pub Store);
+
+impl BatchOp for Cursors {
+    type Item = (ClientId, u64, u64);
+    type Output = bool;
+    const MAX: usize = 500;
+    const NAME: &'static str = "record cursors";
+
+    fn client(item: &Self::Item) -> ClientId {
+        item.0
+    }
+
+    fn run(
+        &self,
+        items: Vec<Self::Item>,
+    ) -> impl Future<Output = Result<Vec<bool>, StoreError>> + Send {
+        let store = self.0.clone();
+        async move { store.mark_delivered_many(&items).await }
+    }
+}

@@ -1,0 +1,602 @@
+//! The chat side of the benchmark: starts a node, drives clients over real sockets, enqueues through the library.
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use hdrhistogram::Histogram;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+use tokio::sync::Semaphore;
+
+use chat::bus::Bus;
+use chat::config::ServiceUrls;
+use chat::enqueue::{Enqueuer, DEFAULT_MAX_BYTES};
+use chat::store::Store;
+use chat::ClientId;
+
+use super::params::{Params, Workload};
+use super::procstat::{find_pid, rss_kib, CpuMeter};
+use super::report::Row;
+
+const SYSTEM: &str = "chat";
+/// Bound on any one wait of the benchmark.
+const WAIT: Duration = Duration::from_secs(120);
+
+/// Runs workload `w` against a fresh node.
+pub async fn run(w: Workload, params: &Params, urls: &ServiceUrls) -> Result<Vec<Row>> {
+    let node = Node::start(urls).await?;
+    let rows = match w {
+        Workload::Throughput => {
+            let mut rows = throughput(&node, params, urls, false).await?;
+            rows.extend(throughput(&node, params, urls, true).await?);
+            rows
+        }
+        Workload::Latency => latency(&node, params, urls).await?,
+        Workload::Drain => drain(&node, params, urls).await?,
+        Workload::Connections => connections(&node, params).await?,
+        Workload::EnqueueCli => enqueue_cli(&node, params, urls).await?,
+    };
+    node.stop().await;
+    Ok(rows)
+}
+
+/// A `chat-server` process started for the benchmark.
+struct Node {
+    child: Child,
+    addr: SocketAddr,
+    pid: u32,
+}
+
+impl Node {
+    async fn start(urls: &ServiceUrls) -> Result<Node> {
+        let exe = sibling("chat-server")?;
+        let node_id = format!("bench-{}", std::process::id());
+        let mut child = Command::new(exe)
+            .args([
+                "--port",
+                "0",
+                "--bind",
+                "127.0.0.1",
+                "--log-format",
+                "json",
+                "--log-level",
+                "warn,chat::server=info",
+            ])
+            .args([
+                "--database-url",
+                &urls.database_url,
+                "--redis-url",
+                &urls.redis_url,
+            ])
+            .args(["--node-id", &node_id, "--max-connections", "20000"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("start chat-server")?;
+        let pid = child.id().ok_or_else(|| anyhow!("chat-server exited"))?;
+        let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+        let port = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some(line) = lines.next_line().await? {
+                if let Some(rest) = line.split("\"addr\":\"").nth(1) {
+                    let addr = rest.split('"').next().unwrap_or_default();
+                    return Ok::<u16, anyhow::Error>(
+                        addr.rsplit(':').next().unwrap_or("").parse()?,
+                    );
+                }
+                eprintln!("chat-server: {line}");
+            }
+            bail!("chat-server exited before listening")
+        })
+        .await
+        .context("chat-server did not start within 60 s")??;
+        // Keep draining its log so it never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(Node {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            pid,
+        })
+    }
+
+    async fn stop(mut self) {
+        let _ = Command::new("kill")
+            .arg(self.pid.to_string())
+            .status()
+            .await;
+        let _ = tokio::time::timeout(Duration::from_secs(15), self.child.wait()).await;
+    }
+}
+
+/// A binary next to this one.
+fn sibling(name: &str) -> Result<std::path::PathBuf> {
+    let exe = std::env::current_exe()?;
+    let path = exe.with_file_name(name);
+    if !path.exists() {
+        bail!(
+            "{} not found (build all binaries: cargo build --release --bins)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// One benchmark client's connection: handshake done, lines to read.
+struct Client {
+    reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
+    writer: tokio::net::tcp::OwnedWriteHalf,
+    id: ClientId,
+}
+
+impl Client {
+    /// Connects and answers the handshake with `hello` (`NONE`, an id, optionally ` ACK`).
+    async fn connect(addr: SocketAddr, hello: &str) -> Result<Client> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let (read, mut writer) = stream.into_split();
+        let mut reader = BufReader::with_capacity(16 * 1024, read);
+        let mut line = String::new();
+        reader.read_line(&mut line).await?;
+        if line.trim_end() != "GET_CLIENT_ID" {
+            bail!("unexpected greeting {line:?}");
+        }
+        writer.write_all(format!("{hello}\r\n").as_bytes()).await?;
+        line.clear();
+        reader.read_line(&mut line).await?;
+        let id = line
+            .trim_end()
+            .strip_prefix("SET_CLIENT_ID: ")
+            .ok_or_else(|| anyhow!("handshake refused: {line:?}"))?
+            .parse()?;
+        Ok(Client { reader, writer, id })
+    }
+
+    /// Reads `n` messages; in acknowledged mode answers each with `ACK`. Calls `seen` with each text.
+    async fn take(&mut self, n: usize, ack: bool, mut seen: impl FnMut(&str)) -> Result<()> {
+        let mut line = String::new();
+        let mut acks = String::new();
+        for _ in 0..n {
+            line.clear();
+            if self.reader.read_line(&mut line).await? == 0 {
+                bail!("connection closed");
+            }
+            let rest = line
+                .strip_prefix("MESSAGE")
+                .ok_or_else(|| anyhow!("unexpected line {line:?}"))?;
+            let (msg_id, text) = rest
+                .split_once(": ")
+                .ok_or_else(|| anyhow!("bad line {line:?}"))?;
+            seen(text.trim_end());
+            if ack {
+                acks.push_str("ACK ");
+                acks.push_str(msg_id.trim());
+                acks.push_str("\r\n");
+                // Acknowledge in small groups, as a real client reading a burst would.
+                if self.reader.buffer().is_empty() {
+                    self.writer.write_all(acks.as_bytes()).await?;
+                    acks.clear();
+                }
+            }
+        }
+        if !acks.is_empty() {
+            self.writer.write_all(acks.as_bytes()).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Creates `n` clients through the node, 200 handshakes at a time; returns their ids.
+async fn register(addr: SocketAddr, n: usize) -> Result<Vec<ClientId>> {
+    let gate = Arc::new(Semaphore::new(200));
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let gate = gate.clone();
+            tokio::spawn(async move {
+                let _permit = gate.acquire().await?;
+                let mut c = Client::connect(addr, "NONE").await?;
+                c.writer.write_all(b"DISCONNECT\r\n").await?;
+                let mut rest = Vec::new();
+                let _ = c.reader.read_to_end(&mut rest).await;
+                Ok::<ClientId, anyhow::Error>(c.id)
+            })
+        })
+        .collect();
+    let mut ids = Vec::with_capacity(n);
+    for t in tasks {
+        ids.push(t.await??);
+    }
+    Ok(ids)
+}
+
+async fn enqueuer(urls: &ServiceUrls, pool: usize) -> Result<Arc<Enqueuer>> {
+    let store = Store::new(&urls.database_url, pool)?;
+    let bus = Bus::connect(&urls.redis_url).await?;
+    Ok(Arc::new(Enqueuer::new(store, Some(bus), DEFAULT_MAX_BYTES)))
+}
+
+/// Pid of the MariaDB and Redis behind the URLs, for CPU figures (best effort).
+fn service_pids(urls: &ServiceUrls) -> Vec<(String, u32)> {
+    let port = |url: &str| {
+        url.rsplit(':').next().map(|p| {
+            p.trim_end_matches(|c: char| !c.is_ascii_digit())
+                .split('/')
+                .next()
+                .unwrap_or("")
+                .to_string()
+        })
+    };
+    let mut pids = Vec::new();
+    let db_port = urls
+        .database_url
+        .split('@')
+        .next_back()
+        .and_then(|h| h.split(':').nth(1))
+        .map(|p| p.split('/').next().unwrap_or("").to_string());
+    if let Some(p) = db_port {
+        if let Some(pid) =
+            find_pid(&["mariadbd", &format!("--port={p}")]).or_else(|| find_pid(&["mariadbd"]))
+        {
+            pids.push(("mariadbd".to_string(), pid));
+        }
+    }
+    if let Some(p) = port(&urls.redis_url) {
+        if let Some(pid) =
+            find_pid(&["redis-server", &format!(":{p}")]).or_else(|| find_pid(&["redis-server"]))
+        {
+            pids.push(("redis".to_string(), pid));
+        }
+    }
+    pids
+}
+
+async fn throughput(
+    node: &Node,
+    params: &Params,
+    urls: &ServiceUrls,
+    ack: bool,
+) -> Result<Vec<Row>> {
+    let clients = params.clients.max(1);
+    let per_client = (params.messages / clients).max(1);
+    let total = per_client * clients;
+    let ids = register(node.addr, clients).await?;
+    let mut readers = Vec::with_capacity(clients);
+    let delivered = Arc::new(AtomicU64::new(0));
+    for id in &ids {
+        let hello = if ack {
+            format!("{id} ACK")
+        } else {
+            id.to_string()
+        };
+        let mut c = Client::connect(node.addr, &hello).await?;
+        let delivered = delivered.clone();
+        readers.push(tokio::spawn(async move {
+            c.take(per_client, ack, |_| {
+                delivered.fetch_add(1, Ordering::Relaxed);
+            })
+            .await?;
+            Ok::<Instant, anyhow::Error>(Instant::now())
+        }));
+    }
+    let enq = enqueuer(urls, 4).await?;
+    let mut pids = vec![
+        ("chat-server".to_string(), node.pid),
+        ("bench".to_string(), std::process::id()),
+    ];
+    pids.extend(service_pids(urls));
+    let cpu = CpuMeter::start(&pids);
+    let start = Instant::now();
+    // Batches round-robin over the clients, four in flight.
+    let gate = Arc::new(Semaphore::new(4));
+    let texts: Vec<String> = (0..per_client).map(|n| n.to_string()).collect();
+    let texts = Arc::new(texts);
+    let ids = Arc::new(ids);
+    let mut producers = Vec::new();
+    let mut next = 0usize;
+    while next < total {
+        let end = (next + params.batch).min(total);
+        let permit = gate.clone().acquire_owned().await?;
+        let (enq, texts, ids) = (enq.clone(), texts.clone(), ids.clone());
+        producers.push(tokio::spawn(async move {
+            let items: Vec<(ClientId, &str)> = (next..end)
+                .map(|k| (ids[k % clients], texts[k / clients].as_str()))
+                .collect();
+            let (results, _) = enq.enqueue_batch(&items).await?;
+            drop(permit);
+            if let Some(e) = results.into_iter().find_map(|r| r.err()) {
+                bail!("enqueue failed: {e}");
+            }
+            Ok(())
+        }));
+        next = end;
+    }
+    for p in producers {
+        p.await??;
+    }
+    let enqueued_in = start.elapsed();
+    let mut last = start;
+    for r in readers {
+        let done = tokio::time::timeout(WAIT, r).await.map_err(|_| {
+            anyhow!(
+                "delivery timed out at {} of {total}",
+                delivered.load(Ordering::Relaxed)
+            )
+        })???;
+        last = last.max(done);
+    }
+    let secs = last.duration_since(start).as_secs_f64();
+    let mode = if ack { "ack" } else { "plain" };
+    let notes = format!(
+        "{clients} clients, {total} msgs, batches of {}; enqueue alone {:.0} msg/s; CPU {}",
+        params.batch,
+        total as f64 / enqueued_in.as_secs_f64(),
+        cpu.report()
+    );
+    Ok(vec![Row::new(
+        SYSTEM,
+        "throughput",
+        if ack {
+            "delivered_msgs_per_s_ack"
+        } else {
+            "delivered_msgs_per_s"
+        },
+        total as f64 / secs,
+        "msg/s",
+    )
+    .note(format!("{mode}: {notes}"))])
+}
+
+async fn latency(node: &Node, params: &Params, urls: &ServiceUrls) -> Result<Vec<Row>> {
+    let clients = params.latency_clients.max(1);
+    let total = (params.rate * params.latency_secs) as usize;
+    let ids = register(node.addr, clients).await?;
+    let base = Instant::now();
+    let hist = Arc::new(Mutex::new(Histogram::<u64>::new(3)?));
+    let mut readers = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        let mut c = Client::connect(node.addr, &id.to_string()).await?;
+        let expect = total / clients + usize::from(i < total % clients);
+        let hist = hist.clone();
+        readers.push(tokio::spawn(async move {
+            c.take(expect, false, |text| {
+                if let Ok(sent) = text.parse::<u64>() {
+                    let now = base.elapsed().as_micros() as u64;
+                    let _ = hist.lock().unwrap().record(now.saturating_sub(sent));
+                }
+            })
+            .await
+        }));
+    }
+    let enq = enqueuer(urls, 16).await?;
+    let gate = Arc::new(Semaphore::new(64));
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / params.rate.max(1) as f64));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let cpu = CpuMeter::start(&[("chat-server".to_string(), node.pid)]);
+    let mut sends = Vec::with_capacity(total);
+    for k in 0..total {
+        tick.tick().await;
+        let permit = gate.clone().acquire_owned().await?;
+        let (enq, id) = (enq.clone(), ids[k % clients]);
+        sends.push(tokio::spawn(async move {
+            let sent = base.elapsed().as_micros() as u64;
+            let r = enq.enqueue(id, &sent.to_string()).await;
+            drop(permit);
+            r.map(drop).map_err(anyhow::Error::from)
+        }));
+    }
+    for s in sends {
+        s.await??;
+    }
+    for r in readers {
+        tokio::time::timeout(WAIT, r)
+            .await
+            .map_err(|_| anyhow!("latency run timed out"))???;
+    }
+    let h = hist.lock().unwrap();
+    let ms = |v: u64| v as f64 / 1000.0;
+    let notes = format!(
+        "{} msg/s for {} s over {clients} clients, single-message enqueues; CPU {}",
+        params.rate,
+        params.latency_secs,
+        cpu.report()
+    );
+    Ok(vec![
+        Row::new(
+            SYSTEM,
+            "latency",
+            "p50_ms",
+            ms(h.value_at_quantile(0.5)),
+            "ms",
+        )
+        .note(notes),
+        Row::new(
+            SYSTEM,
+            "latency",
+            "p99_ms",
+            ms(h.value_at_quantile(0.99)),
+            "ms",
+        ),
+        Row::new(
+            SYSTEM,
+            "latency",
+            "p99.9_ms",
+            ms(h.value_at_quantile(0.999)),
+            "ms",
+        ),
+        Row::new(SYSTEM, "latency", "max_ms", ms(h.max()), "ms"),
+    ])
+}
+
+async fn drain(node: &Node, params: &Params, urls: &ServiceUrls) -> Result<Vec<Row>> {
+    let clients = params.drain_clients.max(1);
+    let per = params.drain_per_client.max(1);
+    let ids = register(node.addr, clients).await?;
+    let enq = enqueuer(urls, 4).await?;
+    let texts: Vec<String> = (0..per).map(|n| n.to_string()).collect();
+    for chunk in (0..clients * per).collect::<Vec<_>>().chunks(1000) {
+        let items: Vec<(ClientId, &str)> = chunk
+            .iter()
+            .map(|k| (ids[k % clients], texts[k / clients].as_str()))
+            .collect();
+        let (results, _) = enq.enqueue_batch(&items).await?;
+        if let Some(e) = results.into_iter().find_map(|r| r.err()) {
+            bail!("enqueue failed: {e}");
+        }
+    }
+    let mut pids = vec![
+        ("chat-server".to_string(), node.pid),
+        ("bench".to_string(), std::process::id()),
+    ];
+    pids.extend(service_pids(urls));
+    let cpu = CpuMeter::start(&pids);
+    let start = Instant::now();
+    let tasks: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            let (addr, id) = (node.addr, *id);
+            tokio::spawn(async move {
+                let mut c = Client::connect(addr, &id.to_string()).await?;
+                c.take(per, false, |_| {}).await?;
+                Ok::<(Instant, Client), anyhow::Error>((Instant::now(), c))
+            })
+        })
+        .collect();
+    let mut last = start;
+    let mut held = Vec::with_capacity(clients);
+    for t in tasks {
+        let (done, c) = tokio::time::timeout(WAIT, t)
+            .await
+            .map_err(|_| anyhow!("drain timed out"))???;
+        last = last.max(done);
+        held.push(c);
+    }
+    let secs = last.duration_since(start).as_secs_f64();
+    let notes = format!(
+        "{clients} clients x {per} pending, all connecting at once; CPU {}",
+        cpu.report()
+    );
+    Ok(vec![
+        Row::new(SYSTEM, "drain", "seconds", secs, "s").note(notes),
+        Row::new(
+            SYSTEM,
+            "drain",
+            "msgs_per_s",
+            (clients * per) as f64 / secs,
+            "msg/s",
+        ),
+    ])
+}
+
+async fn connections(node: &Node, params: &Params) -> Result<Vec<Row>> {
+    let before = rss_kib(node.pid).unwrap_or_default();
+    let procs = params.procs.max(1);
+    let exe = std::env::current_exe()?;
+    let mut children = Vec::new();
+    for p in 0..procs {
+        let count = params.idle / procs + usize::from(p < params.idle % procs);
+        let mut child = Command::new(&exe)
+            .arg("--hold")
+            .arg(format!("{}/{count}", node.addr))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let mut out = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        children.push((child, tokio::spawn(async move { out.next_line().await })));
+    }
+    for (_, ready) in &mut children {
+        let line = tokio::time::timeout(WAIT, ready)
+            .await
+            .map_err(|_| anyhow!("holders timed out"))???;
+        if line.as_deref() != Some("ready") {
+            bail!("a holder process failed: {line:?}");
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rss_kib(node.pid).unwrap_or_default();
+    for (mut child, _) in children {
+        drop(child.stdin.take());
+        let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
+    }
+    let per = (after.saturating_sub(before)) as f64 * 1024.0 / params.idle.max(1) as f64;
+    Ok(vec![
+        Row::new(SYSTEM, "connections", "rss_per_session_bytes", per, "bytes").note(format!(
+            "{} idle sessions (handshake done) from {procs} processes; RSS {before} -> {after} KiB",
+            params.idle
+        )),
+        Row::new(SYSTEM, "connections", "server_rss_kib", after as f64, "KiB"),
+    ])
+}
+
+/// Child process of the connections workload: opens `count` sessions to `addr`, prints `ready`,
+/// holds them until stdin closes.
+pub async fn hold(spec: &str) -> Result<()> {
+    let (addr, count) = spec
+        .rsplit_once('/')
+        .ok_or_else(|| anyhow!("--hold ADDR/COUNT"))?;
+    let addr: SocketAddr = addr.parse()?;
+    let count: usize = count.parse()?;
+    let gate = Arc::new(Semaphore::new(500));
+    let tasks: Vec<_> = (0..count)
+        .map(|_| {
+            let gate = gate.clone();
+            tokio::spawn(async move {
+                let _p = gate.acquire().await?;
+                Client::connect(addr, "NONE").await
+            })
+        })
+        .collect();
+    let mut held = Vec::with_capacity(count);
+    for t in tasks {
+        held.push(t.await??);
+    }
+    println!("ready");
+    let mut stdin = tokio::io::stdin();
+    let mut buf = [0u8; 1];
+    let _ = stdin.read(&mut buf).await;
+    drop(held);
+    Ok(())
+}
+
+async fn enqueue_cli(node: &Node, params: &Params, urls: &ServiceUrls) -> Result<Vec<Row>> {
+    let id = register(node.addr, 1).await?[0];
+    let exe = sibling("chat-enqueue")?;
+    let mut times = Vec::with_capacity(params.cli_runs);
+    for n in 0..params.cli_runs.max(1) {
+        let start = Instant::now();
+        let out = Command::new(&exe)
+            .args([
+                "--database-url",
+                &urls.database_url,
+                "--redis-url",
+                &urls.redis_url,
+            ])
+            .arg(id.to_string())
+            .arg(format!("cli run {n}"))
+            .output()
+            .await?;
+        times.push(start.elapsed());
+        if !out.status.success() {
+            bail!(
+                "chat-enqueue failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    times.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let median = ms(times[times.len() / 2]);
+    let p90 = ms(times[times.len() * 9 / 10]);
+    Ok(vec![
+        Row::new(SYSTEM, "enqueue-cli", "median_ms", median, "ms").note(format!(
+            "{} runs of chat-enqueue, process start to exit; client online",
+            times.len()
+        )),
+        Row::new(SYSTEM, "enqueue-cli", "p90_ms", p90, "ms"),
+    ])
+}

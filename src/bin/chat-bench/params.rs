@@ -1,0 +1,54 @@
+//! What to run and with which sizes (shared by the chat and Mosquitto sides of the benchmark).
+
+/// A workload of the benchmark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Workload {
+    /// C connected clients, M messages enqueued in batches; delivered messages per second.
+    Throughput,
+    /// A fixed rate for a fixed time; enqueue-to-arrival percentiles.
+    Latency,
+    /// Offline clients with pending messages all connect at once; time until all are delivered.
+    Drain,
+    /// Idle sessions on one node; server RSS per session.
+    Connections,
+    /// Wall time of one `chat-enqueue` run (chat only).
+    EnqueueCli,
+}
+
+/// Sizes of the workloads.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Params {
+    /// Throughput: connected clients.
+    #[arg(long, default_value_t = 1000)]
+    pub clients: usize,
+    /// Throughput: messages in all.
+    #[arg(long, default_value_t = 200_000)]
+    pub messages: usize,
+    /// Throughput: messages per enqueue batch (per publish burst for Mosquitto).
+    #[arg(long, default_value_t = 500)]
+    pub batch: usize,
+    /// Latency: messages per second.
+    #[arg(long, default_value_t = 1000)]
+    pub rate: u64,
+    /// Latency: seconds to run.
+    #[arg(long, default_value_t = 30)]
+    pub latency_secs: u64,
+    /// Latency: clients the messages are spread over.
+    #[arg(long, default_value_t = 100)]
+    pub latency_clients: usize,
+    /// Drain: offline clients.
+    #[arg(long, default_value_t = 10_000)]
+    pub drain_clients: usize,
+    /// Drain: pending messages per client.
+    #[arg(long, default_value_t = 10)]
+    pub drain_per_client: usize,
+    /// Connections: idle sessions to hold on one server.
+    #[arg(long, default_value_t = 15_000)]
+    pub idle: usize,
+    /// Connections: load-generator processes sharing them (open-files limit per process).
+    #[arg(long, default_value_t = 2)]
+    pub procs: usize,
+    /// Enqueue CLI: runs (median reported).
+    #[arg(long, default_value_t = 50)]
+    pub cli_runs: usize,
+}
