@@ -27,7 +27,7 @@ SETUP_ENV = if [ -z "$${CHAT_DATABASE_URL:-}" ] || [ -z "$${CHAT_REDIS_URL:-}" ]
 	fi; \
 	export CHAT_DATABASE_URL CHAT_REDIS_URL
 
-.PHONY: all deps build run cluster test lint clean stop
+.PHONY: all deps build run cluster test bench lint clean stop
 
 # Default: build the binaries.
 all: build
@@ -66,6 +66,16 @@ cluster: deps build
 # All tests; they start their own private MariaDB/Redis (binaries must be installed).
 test: deps
 	cargo test --all-targets
+
+# The benchmark (docs/BENCHMARKS.md): chat against private MariaDB/Redis, Mosquitto side by side.
+# Sizes and workloads via BENCH_ARGS="--only throughput --clients 100"; results in target/bench.json.
+BENCH_ARGS ?=
+bench:
+	bash scripts/install-deps.sh --bench
+	cargo build --release --bins
+	@set -e; bash scripts/services.sh start; eval "$$(bash scripts/services.sh env)"; \
+	./target/release/chat-bench --database-url "$${CHAT_DATABASE_URL%/*}/chat_bench" \
+		--redis-url "$$CHAT_REDIS_URL" --json target/bench.json $(BENCH_ARGS)
 
 # Formatting and clippy, warnings are errors.
 lint:

@@ -3,6 +3,7 @@
 #   - MariaDB server + client (mariadbd, mariadb-install-db, mariadb)
 #   - Redis (redis-server, redis-cli)
 #   - telnet (optional, for talking to the chat server by hand)
+#   - with --bench: Mosquitto (the peer `make bench` compares against)
 # Idempotent and fast (<1 s) when everything is already present.
 set -euo pipefail
 
@@ -25,6 +26,9 @@ REQUIRED=(
 OPTIONAL=(
     "telnet:telnet"
 )
+if [ "${1:-}" = "--bench" ]; then
+    REQUIRED+=("mosquitto:mosquitto")
+fi
 
 missing_required=()
 missing_optional=()

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
 
-use crate::store::{Fetch, Store, StoreError};
+use crate::store::{Claim, Fetch, Store, StoreError};
 use crate::ClientId;
 
 /// Requests that may wait (a session waits for its own answer, so this bounds memory).
@@ -153,5 +153,31 @@ impl BatchOp for Cursors {
     ) -> impl Future<Output = Result<Vec<bool>, StoreError>> + Send {
         let store = self.0.clone();
         async move { store.mark_delivered_many(&items).await }
+    }
+}
+
+/// Claims of existing clients by new sessions of this node: client -> its [`Claim`] (`None`: unknown).
+pub struct Claims {
+    pub store: Store,
+    pub node: String,
+}
+
+impl BatchOp for Claims {
+    type Item = ClientId;
+    type Output = Option<Claim>;
+    const MAX: usize = 200;
+    const NAME: &'static str = "claim clients";
+
+    fn client(item: &Self::Item) -> ClientId {
+        *item
+    }
+
+    fn run(
+        &self,
+        items: Vec<ClientId>,
+    ) -> impl Future<Output = Result<Vec<Option<Claim>>, StoreError>> + Send {
+        let store = self.store.clone();
+        let node = self.node.clone();
+        async move { store.claim_clients(&items, &node).await }
     }
 }

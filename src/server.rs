@@ -15,7 +15,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
 use crate::admission::{Admission, Verdict};
-use crate::batcher::{Batcher, Cursors, Fetches};
+use crate::batcher::{Batcher, Claims, Cursors, Fetches};
 use crate::bus::{Bus, Note, Owner};
 use crate::config::NodeConfig;
 use crate::protocol::{Reply, SessionError};
@@ -30,6 +30,8 @@ pub struct Node {
     pub bus: Bus,
     pub registry: Registry,
     pub admission: Admission,
+    /// Claims clients for many new sessions per transaction.
+    pub claims: Batcher<Claims>,
     /// Reads pending messages for many sessions per statement.
     pub fetches: Batcher<Fetches>,
     /// Writes the cursors of many sessions per statement.
@@ -43,6 +45,10 @@ pub struct Node {
 impl Node {
     pub fn new(config: NodeConfig, store: Store, bus: Bus, admission: Admission) -> Node {
         Node {
+            claims: Batcher::spawn(Claims {
+                store: store.clone(),
+                node: config.node_id.clone(),
+            }),
             fetches: Batcher::spawn(Fetches(store.clone())),
             cursors: Batcher::spawn(Cursors(store.clone())),
             config,

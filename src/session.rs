@@ -23,7 +23,7 @@ use crate::store::{Acquire, Claim, Fetch};
 use crate::ClientId;
 
 /// Socket read buffer per connection; a longer line is assembled in the codec, up to `--max-line`.
-const READ_BUFFER: usize = 512;
+const READ_BUFFER: usize = 128;
 /// How long the goodbye line may take to leave.
 const BYE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a session the node ends waits for acknowledgements already on their way.
@@ -55,7 +55,7 @@ pub async fn run(stream: TcpStream, node: Arc<Node>, shutdown: CancellationToken
                 READ_BUFFER,
             ),
             writer: write,
-            out: BytesMut::with_capacity(256),
+            out: BytesMut::new(),
             peer: peer.map(|p| p.ip()),
             node,
         };
@@ -80,7 +80,7 @@ impl Session {
         if self.flush().await.is_err() {
             return;
         }
-        let (id, claim, ack) = match self.handshake(&shutdown).await {
+        let (id, claim, ack) = match Box::pin(self.handshake(&shutdown)).await {
             Ok(Some(found)) => found,
             Ok(None) => return,
             Err(e) => {
@@ -95,7 +95,7 @@ impl Session {
             node: self.node.config.node_id.clone(),
             epoch: claim.epoch,
         };
-        self.announce(id, &owner).await;
+        Box::pin(self.announce(id, &owner)).await;
         self.out_reply(Reply::SetClientId(id));
         info!(epoch = claim.epoch, ack, "session started");
         let config = &self.node.config;
@@ -107,7 +107,7 @@ impl Session {
             Ok(()) => self.established(&reg, &mut cursor, &shutdown).await,
             Err(end) => end,
         };
-        self.finish(&reg, &owner, &mut cursor, &end).await;
+        Box::pin(self.finish(&reg, &owner, &mut cursor, &end)).await;
     }
 
     /// Reads the answer to `GET_CLIENT_ID` and claims the client. `Ok(None)`: the peer left.
@@ -136,8 +136,10 @@ impl Session {
         let node_id = &self.node.config.node_id;
         let claimed = match hello.identity {
             Identity::New => store.create_client(node_id).await.map(Some),
-            Identity::Resume(id) => store
-                .claim_client(id, node_id)
+            Identity::Resume(id) => self
+                .node
+                .claims
+                .call(id)
                 .await
                 .map(|c| c.map(|claim| (id, claim))),
         };
@@ -192,14 +194,16 @@ impl Session {
                 _ = reg.kicked.cancelled() => {
                     Some(if reg.banned() { End::Banned } else { End::TakenOver })
                 }
-                line = self.reader.next() => self.on_line(line, reg, cursor).await,
-                _ = reg.wake.notified() => self.deliver(reg, cursor).await.err(),
+                // The handlers are boxed: an idle session then keeps only the small waiting state
+                // in memory, not the largest handler's (thousands of idle sessions per node).
+                line = self.reader.next() => Box::pin(self.on_line(line, reg, cursor)).await,
+                _ = reg.wake.notified() => Box::pin(self.deliver(reg, cursor)).await.err(),
                 _ = sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => {
                     cursor.retry_at = None;
-                    self.deliver(reg, cursor).await.err()
+                    Box::pin(self.deliver(reg, cursor)).await.err()
                 }
                 _ = sleep_until(record_at.unwrap_or_else(Instant::now)), if record_at.is_some() => {
-                    self.record(reg, cursor).await.err()
+                    Box::pin(self.record(reg, cursor)).await.err()
                 }
             };
             if let Some(end) = end {
@@ -426,7 +430,7 @@ impl Session {
         self.out.clear();
         if self.out.capacity() > 64 * 1024 {
             // Give back a page-sized buffer once it is written.
-            self.out = BytesMut::with_capacity(256);
+            self.out = BytesMut::new();
         }
         match result {
             Ok(Ok(())) => Ok(()),

@@ -219,36 +219,73 @@ impl Store {
         ))
     }
 
-    /// Claims an existing client for a new session on `node`: bumps its epoch, which fences off
-    /// any older session. `None` when no such client exists.
-    pub async fn claim_client(
+    /// Claims existing clients for new sessions on `node`, in one transaction: bumps each one's
+    /// epoch, which fences off any older session of it, and takes the delivery right of those
+    /// nobody holds. Per id, in order: `None` when no such client exists. Each id at most once.
+    pub async fn claim_clients(
         &self,
-        id: ClientId,
+        ids: &[ClientId],
         node: &str,
-    ) -> Result<Option<Claim>, StoreError> {
+    ) -> Result<Vec<Option<Claim>>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let list = hex_list(ids);
         self.timed(async {
             let mut conn = self.pool.get_conn().await?;
-            conn.exec_drop(
-                "UPDATE clients SET session_epoch = LAST_INSERT_ID(session_epoch + 1), \
-                 owner_node = ?, last_seen_at = NOW(6) WHERE id = ?",
-                (node, &id.as_bytes()[..]),
+            let mut tx = conn.start_transaction(TxOpts::default()).await?;
+            tx.exec_drop(
+                format!(
+                    "UPDATE clients SET session_epoch = session_epoch + 1, owner_node = ?, \
+                     last_seen_at = NOW(6) WHERE id IN ({list})"
+                ),
+                (node,),
             )
             .await?;
-            if conn.affected_rows() == 0 {
-                return Ok(None);
-            }
-            let epoch = conn.last_insert_id().unwrap_or_default();
-            let delivered_seq: Option<u64> = conn
-                .exec_first(
-                    "SELECT delivered_seq FROM cursors WHERE client_id = ?",
-                    (&id.as_bytes()[..],),
-                )
+            // Our own writes, under our row locks: each client's new epoch.
+            let epochs: Vec<(Vec<u8>, u64)> = tx
+                .query(format!("SELECT id, session_epoch FROM clients WHERE id IN ({list})"))
                 .await?;
-            Ok(delivered_seq.map(|delivered_seq| Claim {
-                epoch,
-                delivered_seq,
-                holding: false,
-            }))
+            if epochs.is_empty() {
+                tx.rollback().await?;
+                return Ok(vec![None; ids.len()]);
+            }
+            let cases: String = epochs
+                .iter()
+                .map(|(id, epoch)| format!(" WHEN X'{}' THEN {epoch}", hex(id)))
+                .collect();
+            tx.exec_drop(
+                format!(
+                    "UPDATE cursors SET holder_epoch = CASE client_id{cases} END, holder_node = ? \
+                     WHERE client_id IN ({list}) AND holder_epoch IS NULL"
+                ),
+                (node,),
+            )
+            .await?;
+            let cursors: Vec<(Vec<u8>, u64, Option<u64>)> = tx
+                .query(format!(
+                    "SELECT client_id, delivered_seq, holder_epoch FROM cursors WHERE client_id IN ({list})"
+                ))
+                .await?;
+            tx.commit().await?;
+            let epochs: HashMap<Vec<u8>, u64> = epochs.into_iter().collect();
+            let cursors: HashMap<Vec<u8>, (u64, Option<u64>)> = cursors
+                .into_iter()
+                .map(|(id, seq, holder)| (id, (seq, holder)))
+                .collect();
+            Ok(ids
+                .iter()
+                .map(|id| {
+                    let key = &id.as_bytes()[..];
+                    let epoch = *epochs.get(key)?;
+                    let (delivered_seq, holder) = *cursors.get(key)?;
+                    Some(Claim {
+                        epoch,
+                        delivered_seq,
+                        holding: holder == Some(epoch),
+                    })
+                })
+                .collect())
         })
         .await
     }
