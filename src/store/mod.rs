@@ -9,12 +9,8 @@ use mysql_async::{Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts, TxOpts};
 
 use crate::ClientId;
 
-/// Migrations compiled into the binaries, applied in order, once each (`sql/NNNN_name.sql`).
-const MIGRATIONS: &[(u32, &str, &str)] = &[
-    (1, "0001_init", include_str!("../sql/0001_init.sql")),
-    (2, "0002_holder", include_str!("../sql/0002_holder.sql")),
-    (3, "0003_cursors", include_str!("../sql/0003_cursors.sql")),
-];
+mod migrate;
+mod queue;
 
 /// Bound on one statement's round trip, so a hung server cannot hang a session forever.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -151,42 +147,9 @@ impl Store {
         .await
     }
 
-    /// Creates the database if needed, then applies pending migrations under a named lock,
-    /// so nodes that start together apply each migration exactly once.
+    /// Creates the database if needed, then applies pending migrations (see [`migrate`]).
     pub async fn migrate(url: &str) -> Result<Vec<&'static str>, StoreError> {
-        let opts = Opts::from_url(url).map_err(|e| StoreError::Url(e.to_string()))?;
-        let db = opts
-            .db_name()
-            .ok_or_else(|| {
-                StoreError::Url(
-                    "the URL names no database (mysql://user@host:port/DATABASE)".into(),
-                )
-            })?
-            .to_string();
-        if db.contains('`') {
-            return Err(StoreError::Url(format!("unusable database name {db:?}")));
-        }
-        let server = OptsBuilder::from_opts(opts.clone()).db_name(None::<String>);
-        with_timeout(Duration::from_secs(120), async {
-            let mut conn = mysql_async::Conn::new(server).await?;
-            conn.query_drop(format!(
-                "CREATE DATABASE IF NOT EXISTS `{db}` CHARACTER SET utf8mb4"
-            ))
-            .await?;
-            conn.query_drop(format!("USE `{db}`")).await?;
-            let locked: Option<Option<i64>> = conn
-                .query_first("SELECT GET_LOCK(CONCAT('chat-migrations:', DATABASE()), 60)")
-                .await?;
-            if locked.flatten() != Some(1) {
-                return Err(StoreError::MigrationLock);
-            }
-            let result = apply_migrations(&mut conn).await;
-            conn.query_drop("DO RELEASE_LOCK(CONCAT('chat-migrations:', DATABASE()))")
-                .await?;
-            conn.disconnect().await?;
-            result
-        })
-        .await?
+        migrate::run(url).await
     }
 
     /// Creates a new client, already claimed by `node` (epoch 1, nothing delivered).
@@ -479,145 +442,6 @@ impl Store {
         Ok(out)
     }
 
-    /// Appends `body` to the client's queue in one transaction. `None` when the client does not exist.
-    pub async fn enqueue(&self, id: ClientId, body: &[u8]) -> Result<Option<Stored>, StoreError> {
-        self.timed(async {
-            let mut conn = self.pool.get_conn().await?;
-            let mut tx = conn.start_transaction(TxOpts::default()).await?;
-            // Takes the client row lock: concurrent enqueues for one client get seqs in commit order.
-            tx.exec_drop(
-                "UPDATE clients SET last_seq = LAST_INSERT_ID(last_seq + 1) WHERE id = ?",
-                (&id.as_bytes()[..],),
-            )
-            .await?;
-            if tx.affected_rows() == 0 {
-                tx.rollback().await?;
-                return Ok(None);
-            }
-            let seq = tx.last_insert_id().unwrap_or_default();
-            tx.exec_drop(
-                "INSERT INTO messages (client_id, seq, body) VALUES (?, ?, ?)",
-                (&id.as_bytes()[..], seq, body),
-            )
-            .await?;
-            let message_id = tx.last_insert_id().unwrap_or_default();
-            tx.commit().await?;
-            Ok(Some(Stored {
-                id: message_id,
-                seq,
-            }))
-        })
-        .await
-    }
-
-    /// Appends many messages, for many clients, in one transaction: one `UPDATE` of the client rows,
-    /// one multi-row `INSERT` per 1,000 messages. The result has one entry per item, in order;
-    /// `None` for an item whose client does not exist (nothing is stored for it).
-    pub async fn enqueue_batch(
-        &self,
-        items: &[(ClientId, &[u8])],
-    ) -> Result<Vec<Option<Stored>>, StoreError> {
-        if items.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut counts: HashMap<ClientId, u64> = HashMap::new();
-        for (id, _) in items {
-            *counts.entry(*id).or_default() += 1;
-        }
-        let ids: Vec<ClientId> = counts.keys().copied().collect();
-        let list = hex_list(&ids);
-        let cases: String = counts
-            .iter()
-            .map(|(id, n)| format!(" WHEN X'{}' THEN {n}", hex(id.as_bytes())))
-            .collect();
-        self.timed(async {
-            let mut conn = self.pool.get_conn().await?;
-            let mut tx = conn.start_transaction(TxOpts::default()).await?;
-            // Row locks on every client of the batch, taken in one statement: seqs are in commit order.
-            tx.query_drop(format!(
-                "UPDATE clients SET last_seq = last_seq + CASE id{cases} END WHERE id IN ({list})"
-            ))
-            .await?;
-            let rows: Vec<(Vec<u8>, u64)> = tx
-                .query(format!(
-                    "SELECT id, last_seq FROM clients WHERE id IN ({list})"
-                ))
-                .await?;
-            // Next seq to hand out per client: its new last_seq minus what this batch takes, plus one.
-            let mut next: HashMap<ClientId, u64> = rows
-                .into_iter()
-                .filter_map(|(id, last)| {
-                    let id = ClientId::from_slice(&id)?;
-                    Some((id, last + 1 - counts[&id]))
-                })
-                .collect();
-            let planned: Vec<Option<u64>> = items
-                .iter()
-                .map(|(id, _)| {
-                    next.get_mut(id).map(|seq| {
-                        *seq += 1;
-                        *seq - 1
-                    })
-                })
-                .collect();
-            let rows: Vec<(ClientId, u64, &[u8])> = items
-                .iter()
-                .zip(&planned)
-                .filter_map(|((id, body), seq)| Some((*id, (*seq)?, *body)))
-                .collect();
-            for chunk in rows.chunks(1000) {
-                let placeholders = vec!["(?, ?, ?)"; chunk.len()].join(", ");
-                let params: Vec<mysql_async::Value> = chunk
-                    .iter()
-                    .flat_map(|(id, seq, body)| {
-                        [
-                            id.as_bytes().to_vec().into(),
-                            (*seq).into(),
-                            body.to_vec().into(),
-                        ]
-                    })
-                    .collect();
-                tx.exec_drop(
-                    format!("INSERT INTO messages (client_id, seq, body) VALUES {placeholders}"),
-                    params,
-                )
-                .await?;
-            }
-            // The global ids, read back by primary key (auto-increment runs need not be contiguous).
-            let mut ids_by_key: HashMap<(ClientId, u64), u64> = HashMap::with_capacity(rows.len());
-            for chunk in rows.chunks(1000) {
-                let keys = chunk
-                    .iter()
-                    .map(|(id, seq, _)| format!("(X'{}', {seq})", hex(id.as_bytes())))
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                let found: Vec<(Vec<u8>, u64, u64)> = tx
-                    .query(format!(
-                        "SELECT client_id, seq, id FROM messages WHERE (client_id, seq) IN ({keys})"
-                    ))
-                    .await?;
-                for (client, seq, id) in found {
-                    if let Some(client) = ClientId::from_slice(&client) {
-                        ids_by_key.insert((client, seq), id);
-                    }
-                }
-            }
-            tx.commit().await?;
-            Ok(items
-                .iter()
-                .zip(planned)
-                .map(|((client, _), seq)| {
-                    let seq = seq?;
-                    Some(Stored {
-                        id: ids_by_key.get(&(*client, seq)).copied().unwrap_or_default(),
-                        seq,
-                    })
-                })
-                .collect())
-        })
-        .await
-    }
-
     /// Closes every pooled connection.
     pub async fn close(self) {
         let _ = with_timeout(Duration::from_secs(5), self.pool.disconnect()).await;
@@ -633,55 +457,6 @@ impl Store {
     }
 }
 
-async fn apply_migrations(conn: &mut mysql_async::Conn) -> Result<Vec<&'static str>, StoreError> {
-    conn.query_drop(
-        "CREATE TABLE IF NOT EXISTS schema_migrations (\
-         version INT UNSIGNED NOT NULL PRIMARY KEY, \
-         name VARCHAR(255) NOT NULL, \
-         applied_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)) ENGINE = InnoDB",
-    )
-    .await?;
-    let done: Vec<u32> = conn.query("SELECT version FROM schema_migrations").await?;
-    let mut applied = Vec::new();
-    for &(version, name, sql) in MIGRATIONS {
-        if done.contains(&version) {
-            continue;
-        }
-        for statement in statements(sql) {
-            conn.query_drop(statement).await?;
-        }
-        conn.exec_drop(
-            "INSERT INTO schema_migrations (version, name) VALUES (?, ?)",
-            (version, name),
-        )
-        .await?;
-        applied.push(name);
-    }
-    Ok(applied)
-}
-
-/// Splits a migration file into statements: `--` comment lines dropped, `;` at a line's end ends one.
-fn statements(sql: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut current = String::new();
-    for line in sql.lines() {
-        let trimmed = line.trim();
-        if trimmed.is_empty() || trimmed.starts_with("--") {
-            continue;
-        }
-        current.push_str(line);
-        current.push('\n');
-        if trimmed.ends_with(';') {
-            out.push(current.trim().trim_end_matches(';').to_string());
-            current.clear();
-        }
-    }
-    if !current.trim().is_empty() {
-        out.push(current.trim().to_string());
-    }
-    out
-}
-
 /// `X'..',X'..'` for an `IN (...)` list: hex literals of our own typed ids, so no injection is
 /// possible and no prepared statement is made per list length.
 fn hex_list(ids: &[ClientId]) -> String {
@@ -695,7 +470,10 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-async fn with_timeout<T>(limit: Duration, fut: impl Future<Output = T>) -> Result<T, StoreError> {
+pub(crate) async fn with_timeout<T>(
+    limit: Duration,
+    fut: impl Future<Output = T>,
+) -> Result<T, StoreError> {
     tokio::time::timeout(limit, fut)
         .await
         .map_err(|_| StoreError::Timeout(limit))
@@ -704,18 +482,6 @@ async fn with_timeout<T>(limit: Duration, fut: impl Future<Output = T>) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn migration_files_split_into_statements() {
-        let sql = "-- comment\nCREATE TABLE a (\n  x INT\n);\n\nCREATE TABLE b (y INT);\n";
-        assert_eq!(
-            statements(sql),
-            vec!["CREATE TABLE a (\n  x INT\n)", "CREATE TABLE b (y INT)"]
-        );
-        assert_eq!(statements(MIGRATIONS[0].2).len(), 2);
-        assert_eq!(statements(MIGRATIONS[1].2).len(), 1);
-        assert_eq!(statements(MIGRATIONS[2].2).len(), 3);
-    }
 
     #[test]
     fn ids_render_as_hex() {
