@@ -107,7 +107,9 @@ fn listen(addr: SocketAddr, dual_stack: bool) -> io::Result<TcpListener> {
     socket
         .bind(&addr.into())
         .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
-    socket.listen(1024)?;
+    // Room for a reconnect storm (10,000 clients at once after a node restart); the kernel caps it
+    // at net.core.somaxconn.
+    socket.listen(4096)?;
     TcpListener::from_std(socket.into())
 }
 

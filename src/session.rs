@@ -134,12 +134,10 @@ impl Session {
         }
         let store = &self.node.store;
         let node_id = &self.node.config.node_id;
+        // Boxed: a connection waiting for its answer then holds only the small waiting state.
         let claimed = match hello.identity {
-            Identity::New => store.create_client(node_id).await.map(Some),
-            Identity::Resume(id) => self
-                .node
-                .claims
-                .call(id)
+            Identity::New => Box::pin(store.create_client(node_id)).await.map(Some),
+            Identity::Resume(id) => Box::pin(self.node.claims.call(id))
                 .await
                 .map(|c| c.map(|claim| (id, claim))),
         };
