@@ -111,6 +111,8 @@ pub struct SweepRow {
 #[derive(Clone)]
 pub struct Store {
     pool: Pool,
+    /// See `queue.rs`: the id step of multi-row inserts, once known.
+    id_step: std::sync::Arc<std::sync::OnceLock<u64>>,
 }
 
 impl Store {
@@ -135,6 +137,7 @@ impl Store {
             );
         Ok(Store {
             pool: Pool::new(opts),
+            id_step: Default::default(),
         })
     }
 

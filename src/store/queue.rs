@@ -9,6 +9,26 @@ use super::{hex, hex_list, Store, StoreError, Stored};
 use crate::ClientId;
 
 impl Store {
+    /// The auto-increment step when one multi-row INSERT gets consecutive ids, else 0.
+    /// Asked once per store.
+    async fn id_step(
+        &self,
+        tx: &mut mysql_async::Transaction<'_>,
+    ) -> Result<u64, mysql_async::Error> {
+        if let Some(step) = self.id_step.get() {
+            return Ok(*step);
+        }
+        let row: Option<(u64, u64)> = tx
+            .query_first("SELECT @@innodb_autoinc_lock_mode, @@auto_increment_increment")
+            .await?;
+        let step = match row {
+            Some((mode, step)) if mode <= 1 => step,
+            _ => 0,
+        };
+        let _ = self.id_step.set(step);
+        Ok(step)
+    }
+
     /// Appends `body` to the client's queue in one transaction. `None` when the client does not exist.
     pub async fn enqueue(&self, id: ClientId, body: &[u8]) -> Result<Option<Stored>, StoreError> {
         self.timed(async {
@@ -95,6 +115,10 @@ impl Store {
                 .zip(&planned)
                 .filter_map(|((id, body), seq)| Some((*id, (*seq)?, *body)))
                 .collect();
+            // Ids of a multi-row INSERT are consecutive (by the auto-increment step) when
+            // innodb_autoinc_lock_mode <= 1 (MariaDB's default); otherwise they are read back.
+            let step = self.id_step(&mut tx).await?;
+            let mut ids_by_key: HashMap<(ClientId, u64), u64> = HashMap::with_capacity(rows.len());
             for chunk in rows.chunks(1000) {
                 let placeholders = vec!["(?, ?, ?)"; chunk.len()].join(", ");
                 let params: Vec<mysql_async::Value> = chunk
@@ -112,10 +136,13 @@ impl Store {
                     params,
                 )
                 .await?;
-            }
-            // The global ids, read back by primary key (auto-increment runs need not be contiguous).
-            let mut ids_by_key: HashMap<(ClientId, u64), u64> = HashMap::with_capacity(rows.len());
-            for chunk in rows.chunks(1000) {
+                if step > 0 {
+                    let first = tx.last_insert_id().unwrap_or_default();
+                    for (i, (id, seq, _)) in chunk.iter().enumerate() {
+                        ids_by_key.insert((*id, *seq), first + i as u64 * step);
+                    }
+                    continue;
+                }
                 let keys = chunk
                     .iter()
                     .map(|(id, seq, _)| format!("(X'{}', {seq})", hex(id.as_bytes())))

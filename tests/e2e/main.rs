@@ -4,6 +4,7 @@
 mod support;
 
 mod ack;
+mod batch;
 mod cluster;
 mod enqueue_cli;
 mod faults;
