@@ -5,9 +5,7 @@
 use std::time::{Duration, Instant};
 
 use crate::support::node::{run_with_timeout, Env};
-use crate::support::stream::{
-    check, nodes, produce, produce_now, receive, receive_lingering, Copies,
-};
+use crate::support::stream::{check, nodes, receive, receive_lingering, Copies};
 
 const LIMIT: Duration = Duration::from_secs(90);
 
@@ -25,14 +23,7 @@ fn kill_9_of_a_node_holding_100_clients_loses_nothing() {
         .enumerate()
         .map(|(i, id)| receive(id.clone(), i % 2 == 0, addrs.clone(), per_client, LIMIT))
         .collect();
-    let producer = produce(
-        &env.db_url,
-        &env.redis_url,
-        ids.clone(),
-        per_client,
-        Duration::from_millis(100),
-        false,
-    );
+    let producer = env.produce(&ids, per_client, Duration::from_millis(100));
     std::thread::sleep(Duration::from_millis(800));
     a.kill();
     let crash = Instant::now();
@@ -70,14 +61,7 @@ fn redis_killed_and_restarted_mid_stream_loses_nothing() {
             receive(id.clone(), false, own, per_client, LIMIT)
         })
         .collect();
-    let producer = produce(
-        &env.db_url,
-        &env.redis_url,
-        ids.clone(),
-        per_client,
-        Duration::from_millis(50),
-        false,
-    );
+    let producer = env.produce(&ids, per_client, Duration::from_millis(50));
     std::thread::sleep(Duration::from_millis(400));
     env.redis_mut().kill();
     // Enqueues go on while Redis is down.
@@ -121,16 +105,9 @@ fn mysql_stopped_and_restarted_mid_stream_keeps_sessions_and_loses_nothing() {
         .map(|(i, id)| receive(id.clone(), i % 2 == 0, addrs.clone(), per_client, LIMIT))
         .collect();
     // First half, then MySQL goes away while it is being delivered.
-    produce(
-        &env.db_url,
-        &env.redis_url,
-        ids.clone(),
-        per_client / 2,
-        Duration::ZERO,
-        false,
-    )
-    .join()
-    .unwrap();
+    env.produce(&ids, per_client / 2, Duration::ZERO)
+        .join()
+        .unwrap();
     env.mariadb_mut().stop();
     let out = env.enqueue_raw(&[&ids[0], "lost?"]);
     assert_eq!(
@@ -198,14 +175,7 @@ fn takeover_while_messages_flow_delivers_nothing_twice() {
             )
         })
         .collect();
-    let producer = produce(
-        &env.db_url,
-        &env.redis_url,
-        ids.clone(),
-        per_client,
-        Duration::from_millis(30),
-        false,
-    );
+    let producer = env.produce(&ids, per_client, Duration::from_millis(30));
     let mut firsts: Vec<_> = first.into_iter().map(|r| r.join().unwrap()).collect();
     let on_b = nodes(vec![b.addr()]);
     let takeover = Instant::now();
@@ -319,14 +289,7 @@ fn rolling_restart_of_3_nodes_under_load_loses_and_repeats_nothing() {
         .enumerate()
         .map(|(i, id)| receive(id.clone(), i % 3 == 0, addrs.clone(), per_client, LIMIT))
         .collect();
-    let producer = produce(
-        &env.db_url,
-        &env.redis_url,
-        ids.clone(),
-        per_client,
-        Duration::from_millis(50),
-        false,
-    );
+    let producer = env.produce(&ids, per_client, Duration::from_millis(50));
     let mut restarts = Vec::new();
     for (i, name) in ["a", "b", "c"].iter().enumerate() {
         std::thread::sleep(Duration::from_millis(500));
@@ -393,5 +356,4 @@ fn eight_concurrent_producers_for_one_client_keep_commit_order() {
         assert_eq!(mine, want.iter().collect::<Vec<_>>(), "producer {p}");
     }
     c.expect_silence(Duration::from_millis(300));
-    let _ = produce_now;
 }

@@ -361,16 +361,9 @@ fn abuse_5000_silent_and_100_flooding_connections_while_100_clients_are_served()
             )
         })
         .collect();
-    crate::support::stream::produce(
-        &env.db_url,
-        &env.redis_url,
-        ids.clone(),
-        per_client,
-        Duration::from_millis(20),
-        false,
-    )
-    .join()
-    .unwrap();
+    env.produce(&ids, per_client, Duration::from_millis(20))
+        .join()
+        .unwrap();
     let mut peak = 0;
     for r in receivers {
         let record = r.join().unwrap();

@@ -220,6 +220,15 @@ async fn enqueuer(urls: &ServiceUrls, pool: usize) -> Result<Arc<Enqueuer>> {
     Ok(Arc::new(Enqueuer::new(store, Some(bus), DEFAULT_MAX_BYTES)))
 }
 
+/// Enqueues a batch; every item must be stored.
+async fn enqueue_all(enq: &Enqueuer, items: &[(ClientId, &str)]) -> Result<()> {
+    let (results, _) = enq.enqueue_batch(items).await?;
+    match results.into_iter().find_map(|r| r.err()) {
+        Some(e) => bail!("enqueue failed: {e}"),
+        None => Ok(()),
+    }
+}
+
 /// Pid of the MariaDB and Redis behind the URLs, for CPU figures (best effort).
 fn service_pids(urls: &ServiceUrls) -> Vec<(String, u32)> {
     let port = |url: &str| {
@@ -306,12 +315,9 @@ async fn throughput(
             let items: Vec<(ClientId, &str)> = (next..end)
                 .map(|k| (ids[k % clients], texts[k / clients].as_str()))
                 .collect();
-            let (results, _) = enq.enqueue_batch(&items).await?;
+            let stored = enqueue_all(&enq, &items).await;
             drop(permit);
-            if let Some(e) = results.into_iter().find_map(|r| r.err()) {
-                bail!("enqueue failed: {e}");
-            }
-            Ok(())
+            stored
         }));
         next = end;
     }
@@ -452,10 +458,7 @@ async fn drain(node: &Node, params: &Params, urls: &ServiceUrls) -> Result<Vec<R
             .iter()
             .map(|k| (ids[k % clients], texts[k / clients].as_str()))
             .collect();
-        let (results, _) = enq.enqueue_batch(&items).await?;
-        if let Some(e) = results.into_iter().find_map(|r| r.err()) {
-            bail!("enqueue failed: {e}");
-        }
+        enqueue_all(&enq, &items).await?;
     }
     let mut pids = vec![
         ("chat-server".to_string(), node.pid),

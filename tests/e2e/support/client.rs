@@ -19,13 +19,7 @@ impl TestClient {
     pub fn connect(addr: SocketAddr) -> TestClient {
         let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
             .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-        stream.set_read_timeout(Some(LINE_TIMEOUT)).unwrap();
-        stream.set_write_timeout(Some(LINE_TIMEOUT)).unwrap();
-        TestClient {
-            reader: BufReader::new(stream.try_clone().unwrap()),
-            writer: stream,
-            partial: Vec::new(),
-        }
+        TestClient::from_stream(stream)
     }
 
     /// Connects from source address `from` (any 127.x.y.z works on Linux loopback), so that tests
@@ -39,14 +33,7 @@ impl TestClient {
         socket
             .connect_timeout(&addr.into(), Duration::from_secs(5))
             .unwrap_or_else(|e| panic!("connect {addr} from {from}: {e}"));
-        let stream: TcpStream = socket.into();
-        stream.set_read_timeout(Some(LINE_TIMEOUT)).unwrap();
-        stream.set_write_timeout(Some(LINE_TIMEOUT)).unwrap();
-        TestClient {
-            reader: BufReader::new(stream.try_clone().unwrap()),
-            writer: stream,
-            partial: Vec::new(),
-        }
+        TestClient::from_stream(socket.into())
     }
 
     /// Wraps an already connected stream.
@@ -63,12 +50,7 @@ impl TestClient {
     /// Like `connect`, but `None` when the node cannot be reached.
     pub fn try_connect(addr: SocketAddr) -> Option<TestClient> {
         let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-        stream.set_write_timeout(Some(LINE_TIMEOUT)).ok()?;
-        Some(TestClient {
-            reader: BufReader::new(stream.try_clone().ok()?),
-            writer: stream,
-            partial: Vec::new(),
-        })
+        Some(TestClient::from_stream(stream))
     }
 
     /// The next line within `wait`: `Ok(None)` on timeout (a partial line is kept for the next

@@ -89,6 +89,23 @@ impl Env {
             .unwrap_or_else(|_| panic!("{sql}: {rows:?}"))
     }
 
+    /// Enqueues numbered messages for these clients in the background (see `stream::produce`).
+    pub fn produce(
+        &self,
+        ids: &[String],
+        per_client: u64,
+        pause: Duration,
+    ) -> std::thread::JoinHandle<()> {
+        super::stream::produce(
+            &self.db_url,
+            &self.redis_url,
+            ids.to_vec(),
+            per_client,
+            pause,
+            false,
+        )
+    }
+
     /// A node id unique to this test.
     pub fn node_id(&self, name: &str) -> String {
         format!("{}-{name}", self.tag)

@@ -64,20 +64,6 @@ pub fn produce(
     })
 }
 
-/// Enqueues `n` numbered messages for one client with the library, as fast as it goes.
-pub fn produce_now(db_url: &str, redis_url: &str, client: &str, n: u64) {
-    produce(
-        db_url,
-        redis_url,
-        vec![client.to_string()],
-        n,
-        Duration::ZERO,
-        false,
-    )
-    .join()
-    .unwrap();
-}
-
 /// What one receiver saw.
 #[derive(Debug, Default)]
 pub struct Record {
