@@ -144,11 +144,17 @@ pub struct Bus {
 impl Bus {
     /// Connects to `url`; fails if Redis does not answer.
     pub async fn connect(url: &str) -> Result<Bus, BusError> {
+        Bus::connect_with_retries(url, 2).await
+    }
+
+    /// Like `connect`, with `retries` reconnection attempts per failed command (0 for a one-shot
+    /// command-line tool, which should not wait for a Redis that is down).
+    pub async fn connect_with_retries(url: &str, retries: usize) -> Result<Bus, BusError> {
         let client = redis::Client::open(url)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            .set_number_of_retries(2)
+            .set_number_of_retries(retries)
             .set_max_delay(Duration::from_secs(1));
         let conn = timed(
             CONNECT_TIMEOUT * 2,

@@ -64,7 +64,7 @@ async fn main() -> ExitCode {
         Ok(store) => store,
         Err(e) => return fail(EXIT_INVALID, e.to_string()),
     };
-    let (bus, bus_error) = match Bus::connect(&args.urls.redis_url).await {
+    let (bus, bus_error) = match Bus::connect_with_retries(&args.urls.redis_url, 0).await {
         Ok(bus) => (Some(bus), None),
         Err(e) => (None, Some(e)),
     };
