@@ -17,6 +17,8 @@ use crate::ClientId;
 
 /// Requests that may wait (a session waits for its own answer, so this bounds memory).
 const QUEUE: usize = 20_000;
+/// Longest wait for an answer: the batch in flight and ours, each bounded by the query timeout.
+const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(25);
 
 /// One kind of batched operation.
 pub trait BatchOp: Send + Sync + 'static {
@@ -67,7 +69,11 @@ impl<Op: BatchOp> Batcher<Op> {
         if self.tx.send(Request { item, reply }).await.is_err() {
             return Err(StoreError::BatcherGone);
         }
-        answer.await.unwrap_or(Err(StoreError::BatcherGone))
+        // Queued behind a batch that is itself bounded by the query timeout: at most two of them.
+        match tokio::time::timeout(CALL_TIMEOUT, answer).await {
+            Ok(answer) => answer.unwrap_or(Err(StoreError::BatcherGone)),
+            Err(_) => Err(StoreError::Timeout(CALL_TIMEOUT)),
+        }
     }
 }
 

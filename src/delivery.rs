@@ -47,6 +47,8 @@ pub struct Cursor {
     pub record_at: Option<Instant>,
     backoff: Duration,
     handoff_poll: Duration,
+    /// Since when the previous holder's node has had no heartbeat, without interruption.
+    holder_missing_since: Option<Instant>,
 }
 
 impl Cursor {
@@ -64,6 +66,7 @@ impl Cursor {
             record_at: None,
             backoff: FIRST_BACKOFF,
             handoff_poll: HANDOFF_POLL,
+            holder_missing_since: None,
         }
     }
 
@@ -156,6 +159,17 @@ impl Cursor {
         self.record_at = Some(Instant::now() + self.next_backoff());
     }
 
+    /// Whether the previous holder's node is dead: its heartbeat `missing` now, and on every
+    /// look for at least `ttl`.
+    pub fn holder_dead(&mut self, missing: bool, ttl: Duration) -> bool {
+        if !missing {
+            self.holder_missing_since = None;
+            return false;
+        }
+        let since = *self.holder_missing_since.get_or_insert_with(Instant::now);
+        since.elapsed() >= ttl
+    }
+
     /// The previous session still holds the client: look again shortly.
     pub fn wait_for_handoff(&mut self) {
         self.retry_at = Some(Instant::now() + self.handoff_poll);
@@ -218,6 +232,21 @@ mod tests {
         assert!(c.record_at.is_some());
         assert_eq!(c.ack(999), Err(SessionError::NotInFlight(999)));
         assert_eq!(c.unrecorded(), Some(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_holder_is_dead_only_after_a_whole_ttl_without_heartbeat() {
+        let ttl = Duration::from_secs(5);
+        let mut c = Cursor::new(&claim(0), None, Instant::now());
+        assert!(!c.holder_dead(true, ttl));
+        tokio::time::advance(Duration::from_secs(3)).await;
+        assert!(!c.holder_dead(true, ttl));
+        // The heartbeat is back (Redis restarted, the node rewrote it): start over.
+        assert!(!c.holder_dead(false, ttl));
+        tokio::time::advance(Duration::from_secs(3)).await;
+        assert!(!c.holder_dead(true, ttl));
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(c.holder_dead(true, ttl));
     }
 
     #[test]

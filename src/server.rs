@@ -40,6 +40,8 @@ pub struct Node {
     sweep_now: Notify,
     /// Asks for the leases to be written now (after Redis came back, possibly without its keys).
     renew_now: Notify,
+    /// Asks for the heartbeat to be written now (same reason).
+    heartbeat_now: Notify,
 }
 
 impl Node {
@@ -58,6 +60,7 @@ impl Node {
             admission,
             sweep_now: Notify::new(),
             renew_now: Notify::new(),
+            heartbeat_now: Notify::new(),
         }
     }
 
@@ -234,10 +237,11 @@ async fn listen_notifications(node: Arc<Node>, stop: CancellationToken) {
                 info!("subscribed to this node's channel");
                 backoff = Duration::from_millis(100);
                 // Anything published while we were not subscribed is lost: look in MySQL now. And
-                // a Redis that restarted lost the leases: write them again, so that enqueuers
-                // find this node without waiting for the next renewal.
+                // a Redis that restarted lost the leases and the heartbeat: write them again, so
+                // that enqueuers find this node, and other nodes see it alive, at once.
                 node.sweep_now.notify_one();
                 node.renew_now.notify_one();
+                node.heartbeat_now.notify_one();
                 let mut notes = std::pin::pin!(notes);
                 loop {
                     let note = tokio::select! {
@@ -313,6 +317,7 @@ async fn heartbeat(node: Arc<Node>, stop: CancellationToken) {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(ttl / 5) => {}
+            _ = node.heartbeat_now.notified() => {}
         }
     }
 }

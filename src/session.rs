@@ -312,12 +312,15 @@ impl Session {
                 }
                 Ok(Acquire::Stale) => return Err(End::TakenOver),
                 Ok(Acquire::Busy { holder_node }) if !force => {
-                    // A holder on a node that stopped its heartbeat will never release: take over.
-                    let dead = match holder_node {
+                    // A holder on a node that stopped its heartbeat will never release: take over,
+                    // once the heartbeat has been missing for a whole node TTL (a live node
+                    // rewrites it every fifth of that, also right after Redis comes back), so
+                    // that a Redis restart alone does not make a live holder look dead.
+                    let missing = match holder_node {
                         Some(holder) => matches!(node.bus.node_alive(&holder).await, Ok(false)),
                         None => true,
                     };
-                    if dead {
+                    if cursor.holder_dead(missing, node.config.node_ttl) {
                         force = true;
                         continue;
                     }

@@ -14,6 +14,8 @@ mod queue;
 
 /// Bound on one statement's round trip, so a hung server cannot hang a session forever.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bound on a row-lock wait inside MySQL (below `QUERY_TIMEOUT`).
+const LOCK_WAIT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How many ids one sweep query checks.
 const SWEEP_CHUNK: usize = 500;
@@ -111,8 +113,6 @@ pub struct SweepRow {
 #[derive(Clone)]
 pub struct Store {
     pool: Pool,
-    /// See `queue.rs`: the id step of multi-row inserts, once known.
-    id_step: std::sync::Arc<std::sync::OnceLock<u64>>,
 }
 
 impl Store {
@@ -125,6 +125,12 @@ impl Store {
         let opts = OptsBuilder::from_opts(opts)
             // Affected rows = matched rows, so a fenced no-op update still proves ownership.
             .client_found_rows(true)
+            // A statement that waits for a row lock gives up before our own query timeout, so
+            // MySQL does not keep running (and locking) what we have stopped waiting for.
+            .init(vec![format!(
+                "SET SESSION innodb_lock_wait_timeout = {}",
+                LOCK_WAIT_TIMEOUT.as_secs()
+            )])
             // No COM_RESET_CONNECTION on every return to the pool: it costs round trips and drops
             // the prepared statements; no query here leaves session state behind.
             .pool_opts(
@@ -137,7 +143,6 @@ impl Store {
             );
         Ok(Store {
             pool: Pool::new(opts),
-            id_step: Default::default(),
         })
     }
 

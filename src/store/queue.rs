@@ -9,24 +9,16 @@ use super::{hex, hex_list, Store, StoreError, Stored};
 use crate::ClientId;
 
 impl Store {
-    /// The auto-increment step when one multi-row INSERT gets consecutive ids, else 0.
-    /// Asked once per store.
-    async fn id_step(
-        &self,
-        tx: &mut mysql_async::Transaction<'_>,
-    ) -> Result<u64, mysql_async::Error> {
-        if let Some(step) = self.id_step.get() {
-            return Ok(*step);
-        }
+    /// The auto-increment step when one multi-row INSERT gets consecutive ids, else 0. Asked in
+    /// every batch transaction: a failover may bring a server with other settings.
+    async fn id_step(tx: &mut mysql_async::Transaction<'_>) -> Result<u64, mysql_async::Error> {
         let row: Option<(u64, u64)> = tx
             .query_first("SELECT @@innodb_autoinc_lock_mode, @@auto_increment_increment")
             .await?;
-        let step = match row {
+        Ok(match row {
             Some((mode, step)) if mode <= 1 => step,
             _ => 0,
-        };
-        let _ = self.id_step.set(step);
-        Ok(step)
+        })
     }
 
     /// Appends `body` to the client's queue in one transaction. `None` when the client does not exist.
@@ -117,7 +109,7 @@ impl Store {
                 .collect();
             // Ids of a multi-row INSERT are consecutive (by the auto-increment step) when
             // innodb_autoinc_lock_mode <= 1 (MariaDB's default); otherwise they are read back.
-            let step = self.id_step(&mut tx).await?;
+            let step = Store::id_step(&mut tx).await?;
             let mut ids_by_key: HashMap<(ClientId, u64), u64> = HashMap::with_capacity(rows.len());
             for chunk in rows.chunks(1000) {
                 let placeholders = vec!["(?, ?, ?)"; chunk.len()].join(", ");
