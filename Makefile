@@ -68,12 +68,14 @@ test: deps
 	cargo test --all-targets
 
 # The benchmark (docs/BENCHMARKS.md): chat against private MariaDB/Redis, Mosquitto side by side.
+# Each run starts from an empty chat_bench database (a growing messages table slows inserts).
 # Sizes and workloads via BENCH_ARGS="--only throughput --clients 100"; results in target/bench.json.
 BENCH_ARGS ?=
 bench:
 	bash scripts/install-deps.sh --bench
 	cargo build --release --bins
 	@set -e; bash scripts/services.sh start; eval "$$(bash scripts/services.sh env)"; \
+	mariadb -h127.0.0.1 -P$${CHAT_MYSQL_PORT:-13306} -uroot -e 'DROP DATABASE IF EXISTS chat_bench'; \
 	./target/release/chat-bench --database-url "$${CHAT_DATABASE_URL%/*}/chat_bench" \
 		--redis-url "$$CHAT_REDIS_URL" --json target/bench.json $(BENCH_ARGS)
 
