@@ -34,6 +34,18 @@ if v == false or v == ARGV[1] then
 end
 return 0";
 
+/// Sets the lease unless it names a newer session (a higher epoch); returns the previous value.
+const CLAIM: &str = r"
+local v = redis.call('GET', KEYS[1])
+if v then
+  local e = tonumber(string.match(v, '|(%d+)$'))
+  if e and e > tonumber(ARGV[2]) then
+    return v
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+return v";
+
 /// Deletes the key only if it still names this session.
 const RELEASE: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -137,6 +149,7 @@ pub fn node_channel(node: &str) -> String {
 pub struct Bus {
     client: redis::Client,
     conn: ConnectionManager,
+    claim: Script,
     renew: Script,
     release: Script,
 }
@@ -164,6 +177,7 @@ impl Bus {
         Ok(Bus {
             client,
             conn,
+            claim: Script::new(CLAIM),
             renew: Script::new(RENEW),
             release: Script::new(RELEASE),
         })
@@ -179,7 +193,8 @@ impl Bus {
         .await
     }
 
-    /// Records that `owner` holds `id` for `lease`; returns the previous owner, if any.
+    /// Records that `owner` holds `id` for `lease`, unless a newer session (higher epoch) already
+    /// did; returns the owner that was recorded before, if any.
     pub async fn claim(
         &self,
         id: ClientId,
@@ -189,13 +204,12 @@ impl Bus {
         let mut conn = self.conn.clone();
         let previous: Option<String> = timed(
             RESPONSE_TIMEOUT,
-            redis::cmd("SET")
-                .arg(owner_key(id))
+            self.claim
+                .key(owner_key(id))
                 .arg(owner.encode())
-                .arg("PX")
+                .arg(owner.epoch)
                 .arg(lease.as_millis() as u64)
-                .arg("GET")
-                .query_async(&mut conn),
+                .invoke_async(&mut conn),
         )
         .await?;
         Ok(previous.as_deref().and_then(Owner::decode))

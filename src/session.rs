@@ -95,7 +95,9 @@ impl Session {
             node: self.node.config.node_id.clone(),
             epoch: claim.epoch,
         };
-        Box::pin(self.announce(id, &owner)).await;
+        if !reg.kicked.is_cancelled() {
+            Box::pin(self.announce(id, &owner)).await;
+        }
         self.out_reply(Reply::SetClientId(id));
         info!(epoch = claim.epoch, ack, "session started");
         let config = &self.node.config;

@@ -142,3 +142,34 @@ fn nodes_starting_together_apply_each_migration_once() {
         client.register();
     }
 }
+
+#[test]
+fn an_older_session_cannot_overwrite_a_newer_lease() {
+    use chat::bus::{Bus, Owner};
+    let redis = shared_redis();
+    let id = chat::ClientId::random();
+    let owner = |node: &str, epoch| Owner {
+        node: node.to_string(),
+        epoch,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let bus = Bus::connect(&redis.url()).await.unwrap();
+        let lease = Duration::from_secs(30);
+        assert_eq!(bus.claim(id, &owner("b", 7), lease).await.unwrap(), None);
+        // The older claim loses and learns who is newer.
+        let newer = bus.claim(id, &owner("a", 6), lease).await.unwrap();
+        assert_eq!(newer, Some(owner("b", 7)));
+        assert_eq!(bus.owner(id).await.unwrap(), Some(owner("b", 7)));
+        // Its release does not touch the newer lease either.
+        bus.release(id, &owner("a", 6)).await.unwrap();
+        assert_eq!(bus.owner(id).await.unwrap(), Some(owner("b", 7)));
+        // A newer one still replaces it.
+        let previous = bus.claim(id, &owner("c", 8), lease).await.unwrap();
+        assert_eq!(previous, Some(owner("b", 7)));
+        assert_eq!(bus.owner(id).await.unwrap(), Some(owner("c", 8)));
+    });
+}
