@@ -287,19 +287,22 @@ async fn sweep(node: Arc<Node>, stop: CancellationToken) {
             continue;
         }
         let ids: Vec<_> = sessions.iter().map(|(id, _)| *id).collect();
-        let rows = match node.store.sweep(&ids).await {
-            Ok(rows) => rows,
-            Err(e) => {
-                warn!(error = %e, "sweep could not read MySQL");
-                continue;
-            }
-        };
         let (mut woken, mut kicked) = (0usize, 0usize);
-        for row in rows {
-            if node.registry.kick(row.client_id, row.epoch) {
-                kicked += 1;
-            } else if row.has_pending && node.registry.wake(row.client_id) {
-                woken += 1;
+        // Chunk by chunk, so that one failed query skips only its own sessions.
+        for chunk in ids.chunks(1000) {
+            let rows = match node.store.sweep(chunk).await {
+                Ok(rows) => rows,
+                Err(e) => {
+                    warn!(error = %e, sessions = chunk.len(), "sweep could not read MySQL");
+                    continue;
+                }
+            };
+            for row in rows {
+                if node.registry.kick(row.client_id, row.epoch) {
+                    kicked += 1;
+                } else if row.has_pending && node.registry.wake(row.client_id) {
+                    woken += 1;
+                }
             }
         }
         debug!(sessions = ids.len(), woken, kicked, "sweep done");

@@ -134,3 +134,21 @@ fn a_client_that_stops_reading_does_not_stall_others() {
     assert_eq!(rest.last().unwrap(), "wake up");
     let _ = std::io::stdout().flush();
 }
+
+#[test]
+fn a_gap_in_a_queue_does_not_stop_delivery() {
+    let env = Env::new("ss_gap");
+    // Pages of 2: the gap spans a whole page.
+    let node = env.node("a", &["--page-size", "2"]);
+    let id = node.register(1).remove(0);
+    for i in 1..=5 {
+        env.enqueue(&id, &format!("g{i}"));
+    }
+    // Rows removed by hand (or a partial restore): seqs 2 and 3 are gone.
+    env.query("DELETE FROM messages WHERE seq IN (2, 3)");
+    let mut c = node.connect();
+    c.resume(&id);
+    assert_eq!(c.messages(3), vec!["g1", "g4", "g5"]);
+    env.enqueue(&id, "g6");
+    assert_eq!(c.messages(1), vec!["g6"]);
+}
