@@ -229,6 +229,16 @@ async fn enqueue_all(enq: &Enqueuer, items: &[(ClientId, &str)]) -> Result<()> {
     }
 }
 
+/// The processes whose CPU a workload reports: the node, this bench, MariaDB, Redis.
+fn all_pids(node: &Node, urls: &ServiceUrls) -> Vec<(String, u32)> {
+    let mut pids = vec![
+        ("chat-server".to_string(), node.pid),
+        ("bench".to_string(), std::process::id()),
+    ];
+    pids.extend(service_pids(urls));
+    pids
+}
+
 /// Pid of the MariaDB and Redis behind the URLs, for CPU figures (best effort).
 fn service_pids(urls: &ServiceUrls) -> Vec<(String, u32)> {
     let port = |url: &str| {
@@ -293,12 +303,7 @@ async fn throughput(
         }));
     }
     let enq = enqueuer(urls, 4).await?;
-    let mut pids = vec![
-        ("chat-server".to_string(), node.pid),
-        ("bench".to_string(), std::process::id()),
-    ];
-    pids.extend(service_pids(urls));
-    let cpu = CpuMeter::start(&pids);
+    let cpu = CpuMeter::start(&all_pids(node, urls));
     let start = Instant::now();
     // Batches round-robin over the clients, four in flight.
     let gate = Arc::new(Semaphore::new(4));
@@ -460,12 +465,7 @@ async fn drain(node: &Node, params: &Params, urls: &ServiceUrls) -> Result<Vec<R
             .collect();
         enqueue_all(&enq, &items).await?;
     }
-    let mut pids = vec![
-        ("chat-server".to_string(), node.pid),
-        ("bench".to_string(), std::process::id()),
-    ];
-    pids.extend(service_pids(urls));
-    let cpu = CpuMeter::start(&pids);
+    let cpu = CpuMeter::start(&all_pids(node, urls));
     let start = Instant::now();
     let tasks: Vec<_> = ids
         .iter()
