@@ -17,12 +17,7 @@ fn messages_carry_ids_and_unacknowledged_ones_come_again() {
     let env = Env::new("ack_redeliver");
     let node = env.node("a", &[]);
     let mut c = node.connect();
-    c.send("NONE ACK");
-    let id = c
-        .line()
-        .strip_prefix("SET_CLIENT_ID: ")
-        .unwrap()
-        .to_string();
+    let id = c.register_ack();
     let printed: Vec<u64> = (0..3).map(|i| env.enqueue(&id, &format!("m{i}"))).collect();
     let got: Vec<(u64, String)> = (0..3).map(|_| acked(&c.line())).collect();
     assert_eq!(
@@ -69,20 +64,10 @@ fn bad_acks_get_an_error_and_the_session_stays() {
     );
 
     let mut other = node.connect();
-    other.send("NONE ACK");
-    let other_id = other
-        .line()
-        .strip_prefix("SET_CLIENT_ID: ")
-        .unwrap()
-        .to_string();
+    let other_id = other.register_ack();
     let foreign = env.enqueue(&other_id, "not yours");
     let mut c = node.connect();
-    c.send("NONE ACK");
-    let id = c
-        .line()
-        .strip_prefix("SET_CLIENT_ID: ")
-        .unwrap()
-        .to_string();
+    let id = c.register_ack();
     c.send(&format!("ACK {foreign}"));
     c.expect(&format!(
         "ERROR: message {foreign} is not awaiting acknowledgement"
@@ -111,12 +96,7 @@ fn the_in_flight_window_bounds_unacknowledged_messages() {
     let env = Env::new("ack_window");
     let node = env.node("a", &["--max-inflight", "3"]);
     let mut c = node.connect();
-    c.send("NONE ACK");
-    let id = c
-        .line()
-        .strip_prefix("SET_CLIENT_ID: ")
-        .unwrap()
-        .to_string();
+    let id = c.register_ack();
     for i in 0..7 {
         env.enqueue(&id, &format!("w{i}"));
     }

@@ -127,6 +127,15 @@ impl TestClient {
         id.to_string()
     }
 
+    /// Answers `NONE ACK` (a new client in acknowledged mode); returns the new id.
+    pub fn register_ack(&mut self) -> String {
+        self.send("NONE ACK");
+        let line = self.line();
+        line.strip_prefix("SET_CLIENT_ID: ")
+            .unwrap_or_else(|| panic!("expected SET_CLIENT_ID, got {line:?}"))
+            .to_string()
+    }
+
     /// Answers with an existing id and checks the node accepted it.
     pub fn resume(&mut self, id: &str) {
         self.send(id);
