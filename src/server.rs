@@ -21,7 +21,7 @@ use crate::config::NodeConfig;
 use crate::protocol::{Reply, SessionError};
 use crate::registry::Registry;
 use crate::session;
-use crate::store::Store;
+use crate::store::{self, Store};
 
 /// Everything the sessions of one node share.
 pub struct Node {
@@ -289,7 +289,7 @@ async fn sweep(node: Arc<Node>, stop: CancellationToken) {
         let ids: Vec<_> = sessions.iter().map(|(id, _)| *id).collect();
         let (mut woken, mut kicked) = (0usize, 0usize);
         // Chunk by chunk, so that one failed query skips only its own sessions.
-        for chunk in ids.chunks(1000) {
+        for chunk in ids.chunks(store::SWEEP_CHUNK) {
             let rows = match node.store.sweep(chunk).await {
                 Ok(rows) => rows,
                 Err(e) => {

@@ -17,8 +17,8 @@ const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bound on a row-lock wait inside MySQL (below `QUERY_TIMEOUT`).
 const LOCK_WAIT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How many ids one sweep query checks.
-const SWEEP_CHUNK: usize = 500;
+/// How many ids one sweep query should check (callers of `sweep` chunk by it).
+pub const SWEEP_CHUNK: usize = 500;
 
 /// A MySQL failure.
 #[derive(Debug, thiserror::Error)]
@@ -221,10 +221,7 @@ impl Store {
                 tx.rollback().await?;
                 return Ok(vec![None; ids.len()]);
             }
-            let cases: String = epochs
-                .iter()
-                .map(|(id, epoch)| format!(" WHEN X'{}' THEN {epoch}", hex(id)))
-                .collect();
+            let cases = case_arms(epochs.iter().map(|(id, epoch)| (&id[..], *epoch)));
             tx.exec_drop(
                 format!(
                     "UPDATE cursors SET holder_epoch = CASE client_id{cases} END, holder_node = ? \
@@ -410,12 +407,16 @@ impl Store {
         }
         let ids: Vec<ClientId> = entries.iter().map(|e| e.0).collect();
         let list = hex_list(&ids);
-        let (mut seqs, mut epochs) = (String::new(), String::new());
-        for (id, epoch, seq) in entries {
-            let key = hex(id.as_bytes());
-            seqs.push_str(&format!(" WHEN X'{key}' THEN {seq}"));
-            epochs.push_str(&format!(" WHEN X'{key}' THEN {epoch}"));
-        }
+        let seqs = case_arms(
+            entries
+                .iter()
+                .map(|(id, _, seq)| (&id.as_bytes()[..], *seq)),
+        );
+        let epochs = case_arms(
+            entries
+                .iter()
+                .map(|(id, epoch, _)| (&id.as_bytes()[..], *epoch)),
+        );
         self.timed(async {
             let mut conn = self.pool.get_conn().await?;
             conn.query_drop(format!(
@@ -459,30 +460,30 @@ impl Store {
         .await
     }
 
-    /// Current epoch and pending flag of each given client (unknown ids are left out).
+    /// Current epoch and pending flag of each given client (unknown ids are left out), in one
+    /// statement: pass at most [`SWEEP_CHUNK`] ids.
     pub async fn sweep(&self, ids: &[ClientId]) -> Result<Vec<SweepRow>, StoreError> {
-        let mut out = Vec::with_capacity(ids.len());
-        for chunk in ids.chunks(SWEEP_CHUNK) {
-            let list = hex_list(chunk);
-            let sql = format!(
-                "SELECT c.id, c.session_epoch, c.last_seq > d.delivered_seq \
-                 FROM clients c JOIN cursors d ON d.client_id = c.id WHERE c.id IN ({list})"
-            );
-            let rows: Vec<(Vec<u8>, u64, bool)> = self
-                .timed(async {
-                    let mut conn = self.pool.get_conn().await?;
-                    conn.query(sql).await
-                })
-                .await?;
-            out.extend(rows.into_iter().filter_map(|(id, epoch, has_pending)| {
+        let list = hex_list(ids);
+        let sql = format!(
+            "SELECT c.id, c.session_epoch, c.last_seq > d.delivered_seq \
+             FROM clients c JOIN cursors d ON d.client_id = c.id WHERE c.id IN ({list})"
+        );
+        let rows: Vec<(Vec<u8>, u64, bool)> = self
+            .timed(async {
+                let mut conn = self.pool.get_conn().await?;
+                conn.query(sql).await
+            })
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(id, epoch, has_pending)| {
                 Some(SweepRow {
                     client_id: ClientId::from_slice(&id)?,
                     epoch,
                     has_pending,
                 })
-            }));
-        }
-        Ok(out)
+            })
+            .collect())
     }
 
     /// Closes every pooled connection.
@@ -507,6 +508,14 @@ fn hex_list(ids: &[ClientId]) -> String {
         .map(|id| format!("X'{}'", hex(id.as_bytes())))
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// The `WHEN` arms of a `CASE <id column> ... END`: per id (its 16 bytes), the number it maps to.
+/// Hex literals and numbers only, like `hex_list`.
+fn case_arms<'a>(arms: impl IntoIterator<Item = (&'a [u8], u64)>) -> String {
+    arms.into_iter()
+        .map(|(id, n)| format!(" WHEN X'{}' THEN {n}", hex(id)))
+        .collect()
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use mysql_async::prelude::*;
 use mysql_async::TxOpts;
 
-use super::{hex, hex_list, Store, StoreError, Stored};
+use super::{case_arms, hex, hex_list, Store, StoreError, Stored};
 use crate::ClientId;
 
 impl Store {
@@ -68,10 +68,7 @@ impl Store {
         }
         let ids: Vec<ClientId> = counts.keys().copied().collect();
         let list = hex_list(&ids);
-        let cases: String = counts
-            .iter()
-            .map(|(id, n)| format!(" WHEN X'{}' THEN {n}", hex(id.as_bytes())))
-            .collect();
+        let cases = case_arms(counts.iter().map(|(id, n)| (&id.as_bytes()[..], *n)));
         self.timed(async {
             let mut conn = self.pool.get_conn().await?;
             let mut tx = conn.start_transaction(TxOpts::default()).await?;
