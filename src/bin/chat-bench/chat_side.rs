@@ -241,37 +241,27 @@ fn all_pids(node: &Node, urls: &ServiceUrls) -> Vec<(String, u32)> {
 
 /// Pid of the MariaDB and Redis behind the URLs, for CPU figures (best effort).
 fn service_pids(urls: &ServiceUrls) -> Vec<(String, u32)> {
-    let port = |url: &str| {
-        url.rsplit(':').next().map(|p| {
-            p.trim_end_matches(|c: char| !c.is_ascii_digit())
-                .split('/')
-                .next()
-                .unwrap_or("")
-                .to_string()
-        })
-    };
     let mut pids = Vec::new();
-    let db_port = urls
-        .database_url
-        .split('@')
-        .next_back()
-        .and_then(|h| h.split(':').nth(1))
-        .map(|p| p.split('/').next().unwrap_or("").to_string());
-    if let Some(p) = db_port {
-        if let Some(pid) =
-            find_pid(&["mariadbd", &format!("--port={p}")]).or_else(|| find_pid(&["mariadbd"]))
-        {
+    // Matched by port, so that another MariaDB or Redis on the machine is never measured instead.
+    if let Some(port) = url_port(&urls.database_url) {
+        if let Some(pid) = find_pid(&["mariadbd", &format!("--port={port}")]) {
             pids.push(("mariadbd".to_string(), pid));
         }
     }
-    if let Some(p) = port(&urls.redis_url) {
-        if let Some(pid) =
-            find_pid(&["redis-server", &format!(":{p}")]).or_else(|| find_pid(&["redis-server"]))
-        {
+    if let Some(port) = url_port(&urls.redis_url) {
+        if let Some(pid) = find_pid(&["redis-server", &format!(":{port}")]) {
             pids.push(("redis".to_string(), pid));
         }
     }
     pids
+}
+
+/// The port of `scheme://[user[:pass]@]host:port[/...]`.
+fn url_port(url: &str) -> Option<u16> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split('/').next()?;
+    let host_port = authority.rsplit('@').next()?;
+    host_port.rsplit_once(':')?.1.parse().ok()
 }
 
 async fn throughput(
