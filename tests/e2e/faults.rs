@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::node::{run_with_timeout, Env};
+use crate::support::node::Env;
 use crate::support::stream::{check, nodes, receive, receive_lingering, Copies};
 
 const LIMIT: Duration = Duration::from_secs(90);
@@ -117,39 +117,18 @@ fn mysql_stopped_and_restarted_mid_stream_keeps_sessions_and_loses_nothing() {
     );
     std::thread::sleep(Duration::from_secs(2));
     env.mariadb_mut().restart();
-    // Second half: numbered after the first.
-    let rest = produce_offset(&env, &ids, per_client / 2, per_client);
-    rest.join().unwrap();
+    // Second half, numbered after the first, through chat-enqueue (the real CLI).
+    for n in per_client / 2..per_client {
+        for id in &ids {
+            env.enqueue(id, &n.to_string());
+        }
+    }
     for r in receivers {
         let record = r.join().unwrap();
         assert_eq!(record.sessions.len(), 1, "session dropped: {record:?}");
         check(&record, per_client, &Copies::None);
     }
     assert_eq!(env.count("SELECT COUNT(*) FROM messages"), 10 * per_client);
-}
-
-/// Enqueues numbers `from..to` for every client (through chat-enqueue, the real CLI).
-fn produce_offset(env: &Env, ids: &[String], from: u64, to: u64) -> std::thread::JoinHandle<()> {
-    let (db, redis, ids) = (env.db_url.clone(), env.redis_url.clone(), ids.to_vec());
-    std::thread::spawn(move || {
-        for n in from..to {
-            for id in &ids {
-                let out = run_with_timeout(
-                    std::process::Command::new(env!("CARGO_BIN_EXE_chat-enqueue"))
-                        .env_clear()
-                        .args([
-                            "--database-url",
-                            &db,
-                            "--redis-url",
-                            &redis,
-                            id,
-                            &n.to_string(),
-                        ]),
-                );
-                assert!(out.status.success(), "{out:?}");
-            }
-        }
-    })
 }
 
 #[test]
@@ -321,25 +300,16 @@ fn eight_concurrent_producers_for_one_client_keep_commit_order() {
     let id = a.register(1).remove(0);
     let mut c = a.connect();
     c.resume(&id);
-    let handles: Vec<_> = (0..8)
-        .map(|p| {
-            let (db, redis, id) = (env.db_url.clone(), env.redis_url.clone(), id.clone());
-            std::thread::spawn(move || {
+    std::thread::scope(|s| {
+        for p in 0..8 {
+            let (env, id) = (&env, &id);
+            s.spawn(move || {
                 for n in 0..25 {
-                    let out = run_with_timeout(
-                        std::process::Command::new(env!("CARGO_BIN_EXE_chat-enqueue"))
-                            .env_clear()
-                            .args(["--database-url", &db, "--redis-url", &redis])
-                            .args([id.as_str(), &format!("p{p}-{n}")]),
-                    );
-                    assert!(out.status.success(), "{out:?}");
+                    env.enqueue(id, &format!("p{p}-{n}"));
                 }
-            })
-        })
-        .collect();
-    for h in handles {
-        h.join().unwrap();
-    }
+            });
+        }
+    });
     let got = c.messages(200);
     let committed: Vec<String> = env
         .query("SELECT body FROM messages ORDER BY seq")
