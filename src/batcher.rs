@@ -140,11 +140,12 @@ impl BatchOp for Fetches {
     }
 }
 
-/// Cursor writes: (client, epoch, seq) -> recorded (false: the session lost the delivery right).
+/// Cursor writes: (client, epoch, seq, acknowledged mode) -> recorded (false: the session lost the
+/// delivery right).
 pub struct Cursors(pub Store);
 
 impl BatchOp for Cursors {
-    type Item = (ClientId, u64, u64);
+    type Item = (ClientId, u64, u64, bool);
     type Output = bool;
     const MAX: usize = 500;
     const NAME: &'static str = "record cursors";

@@ -92,7 +92,8 @@ impl Cursor {
         }
     }
 
-    /// These messages (in order) were written to the socket.
+    /// These messages (in order) were written to the socket, or counted in a `DROPPED` line: a
+    /// dropped one needs no acknowledgement.
     pub fn written(&mut self, messages: &[Pending]) {
         if let Some(last) = messages.last() {
             self.sent = last.seq;
@@ -101,8 +102,9 @@ impl Cursor {
             self.inflight.extend(messages.iter().map(|m| InFlight {
                 seq: m.seq,
                 id: m.id,
-                acked: false,
+                acked: m.dropped,
             }));
+            self.advance();
         }
     }
 
@@ -117,6 +119,12 @@ impl Cursor {
             .find(|m| m.id == id && !m.acked)
             .ok_or(SessionError::NotInFlight(id))?;
         entry.acked = true;
+        Ok(self.advance())
+    }
+
+    /// Moves the acknowledged cursor over the acknowledged front of the window; `true` if it moved
+    /// (then a write of it to MySQL is scheduled).
+    fn advance(&mut self) -> bool {
         let before = self.acked;
         while let Some(front) = self.inflight.front().filter(|m| m.acked) {
             self.acked = front.seq;
@@ -126,7 +134,7 @@ impl Cursor {
         if advanced && self.record_at.is_none() {
             self.record_at = Some(Instant::now() + ACK_RECORD_DELAY);
         }
-        Ok(advanced)
+        advanced
     }
 
     /// Everything up to this seq is done (plain: written; acknowledged: acknowledged).
@@ -200,8 +208,27 @@ mod tests {
             seq,
             id: seq + 1000,
             body: vec![],
+            dropped: false,
+            expires_in_us: None,
         })
         .collect()
+    }
+
+    #[test]
+    fn dropped_messages_need_no_acknowledgement() {
+        let mut c = Cursor::new(&claim(0), Some(10), Instant::now());
+        let mut page = msgs(1..=4);
+        page[0].dropped = true;
+        page[2].dropped = true;
+        c.written(&page);
+        // 1 was dropped: done at once; 2 waits for its ACK, 3 (dropped) behind it.
+        assert_eq!(c.done(), 1);
+        assert_eq!(c.ack(1003), Err(SessionError::NotInFlight(1003)));
+        assert_eq!(c.ack(1002), Ok(true));
+        assert_eq!(c.done(), 3);
+        assert_eq!(c.ack(1004), Ok(true));
+        assert_eq!(c.done(), 4);
+        assert_eq!(c.room(100), 10);
     }
 
     #[test]

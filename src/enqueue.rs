@@ -1,8 +1,24 @@
 //! The producer API: validate a message, commit it to MySQL, then tell the holding node over Redis.
 
+use std::time::Duration;
+
+use tokio::time::Instant;
+
 use crate::bus::{Bus, BusError};
-use crate::store::{Store, StoreError, Stored};
+use crate::store::{MessageStatus, NewMessage, Store, StoreError, Stored};
 use crate::ClientId;
+
+pub use crate::store::{MessageOptions, MessageState};
+
+/// Default dedupe window: a retry with the same key within it stores nothing.
+pub const DEFAULT_DEDUPE_WINDOW: Duration = Duration::from_secs(24 * 3600);
+/// Longest TTL accepted (MySQL TIMESTAMP columns end in 2038).
+pub const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Longest dedupe or collapse key, in bytes.
+pub const MAX_KEY_BYTES: usize = 255;
+/// How often [`Enqueuer::wait`] looks again, at most (it starts faster and doubles).
+const WAIT_POLL_MAX: Duration = Duration::from_millis(250);
+const WAIT_POLL_FIRST: Duration = Duration::from_millis(5);
 
 /// Default longest message body, in bytes.
 pub const DEFAULT_MAX_BYTES: usize = 4096;
@@ -20,6 +36,10 @@ pub enum InvalidMessage {
     ControlCharacter,
     #[error("message text is {len} bytes, over the limit of {limit} bytes")]
     TooLong { len: usize, limit: usize },
+    #[error("the {0} key must be 1 to 255 bytes")]
+    BadKey(&'static str),
+    #[error("the TTL must be between 1 ms and 365 days")]
+    BadTtl,
 }
 
 /// Why an enqueue failed.
@@ -40,6 +60,10 @@ pub struct Enqueued {
     pub message_id: u64,
     /// Its position in the client's queue.
     pub seq: u64,
+    /// A dedupe hit: nothing new was stored; `message_id` is the first message's.
+    pub duplicate: bool,
+    /// How many pending messages with the same collapse key it replaced.
+    pub replaced: u64,
     /// Whether a node holding the client was told. `Ok(false)`: the client is offline (or its node
     /// is gone); `Err`: Redis failed. Either way the message is stored and will be delivered.
     pub notified: Result<bool, BusError>,
@@ -62,11 +86,34 @@ pub fn validate(text: &str, max_bytes: usize) -> Result<(), InvalidMessage> {
     Ok(())
 }
 
+/// Checks the options of a message: keys of 1 to 255 bytes, a TTL of 1 ms to 365 days.
+pub fn validate_options(options: &MessageOptions) -> Result<(), InvalidMessage> {
+    for (name, key) in [
+        ("dedupe", &options.dedupe_key),
+        ("collapse", &options.collapse_key),
+    ] {
+        if key
+            .as_ref()
+            .is_some_and(|k| k.is_empty() || k.len() > MAX_KEY_BYTES)
+        {
+            return Err(InvalidMessage::BadKey(name));
+        }
+    }
+    if options
+        .ttl
+        .is_some_and(|t| t < Duration::from_millis(1) || t > MAX_TTL)
+    {
+        return Err(InvalidMessage::BadTtl);
+    }
+    Ok(())
+}
+
 /// Enqueues messages: MySQL first (the commit is the promise), then a Redis notification.
 pub struct Enqueuer {
     store: Store,
     bus: Option<Bus>,
     max_bytes: usize,
+    dedupe_window: Duration,
 }
 
 impl Enqueuer {
@@ -77,26 +124,86 @@ impl Enqueuer {
             store,
             bus,
             max_bytes: max_bytes.min(MAX_BYTES_CEILING),
+            dedupe_window: DEFAULT_DEDUPE_WINDOW,
         }
+    }
+
+    /// How long a dedupe key is remembered (default [`DEFAULT_DEDUPE_WINDOW`]).
+    pub fn with_dedupe_window(mut self, window: Duration) -> Enqueuer {
+        self.dedupe_window = window;
+        self
     }
 
     /// Stores `text` for `client` and notifies the node that holds it.
     pub async fn enqueue(&self, client: ClientId, text: &str) -> Result<Enqueued, EnqueueError> {
+        self.enqueue_with(client, text, &MessageOptions::default())
+            .await
+    }
+
+    /// Stores `text` for `client` with a TTL, dedupe key or collapse key, and notifies the node
+    /// that holds it (not for a dedupe hit: nothing new was stored).
+    pub async fn enqueue_with(
+        &self,
+        client: ClientId,
+        text: &str,
+        options: &MessageOptions,
+    ) -> Result<Enqueued, EnqueueError> {
         validate(text, self.max_bytes)?;
-        let stored = self
-            .store
-            .enqueue(client, text.as_bytes())
-            .await?
-            .ok_or(EnqueueError::UnknownClient(client))?;
+        validate_options(options)?;
+        let stored = if options.is_plain() {
+            self.store.enqueue(client, text.as_bytes()).await?
+        } else {
+            let item = NewMessage {
+                client,
+                body: text.as_bytes(),
+                options,
+            };
+            self.store
+                .enqueue_batch(&[item], self.dedupe_window)
+                .await?
+                .pop()
+                .flatten()
+        }
+        .ok_or(EnqueueError::UnknownClient(client))?;
         let notified = match &self.bus {
+            Some(_) if stored.duplicate => Ok(false),
             Some(bus) => bus.notify(client).await,
             None => Ok(false),
         };
         Ok(Enqueued {
             message_id: stored.id,
             seq: stored.seq,
+            duplicate: stored.duplicate,
+            replaced: stored.replaced,
             notified,
         })
+    }
+
+    /// The state and timestamps of each message that exists (unknown or purged ids are left
+    /// out), in no particular order.
+    pub async fn status(&self, ids: &[u64]) -> Result<Vec<MessageStatus>, StoreError> {
+        self.store.message_status(ids).await
+    }
+
+    /// Waits until every given message that exists is no longer queued (delivered, acknowledged,
+    /// expired or replaced), or `limit` has passed; returns their last states. Polls MySQL,
+    /// starting at 5 ms and backing off to 250 ms.
+    pub async fn wait(
+        &self,
+        ids: &[u64],
+        limit: Duration,
+    ) -> Result<Vec<MessageStatus>, StoreError> {
+        let deadline = Instant::now() + limit;
+        let mut pause = WAIT_POLL_FIRST;
+        loop {
+            let statuses = self.store.message_status(ids).await?;
+            let now = Instant::now();
+            if statuses.iter().all(|s| s.state.is_final()) || now >= deadline {
+                return Ok(statuses);
+            }
+            tokio::time::sleep(pause.min(deadline - now)).await;
+            pause = (pause * 2).min(WAIT_POLL_MAX);
+        }
     }
 
     /// Stores many messages in one transaction, then notifies the holding nodes with one publish
@@ -107,17 +214,40 @@ impl Enqueuer {
         &self,
         items: &[(ClientId, &str)],
     ) -> Result<(Vec<Result<Stored, EnqueueError>>, Result<usize, BusError>), StoreError> {
+        self.enqueue_batch_with(items, &MessageOptions::default())
+            .await
+    }
+
+    /// [`Enqueuer::enqueue_batch`] with the same options for every item (a dedupe or collapse
+    /// key applies per client).
+    pub async fn enqueue_batch_with(
+        &self,
+        items: &[(ClientId, &str)],
+        options: &MessageOptions,
+    ) -> Result<(Vec<Result<Stored, EnqueueError>>, Result<usize, BusError>), StoreError> {
+        let options_ok = validate_options(options);
         let checked: Vec<Result<(), InvalidMessage>> = items
             .iter()
-            .map(|(_, text)| validate(text, self.max_bytes))
+            .map(|(_, text)| {
+                options_ok.clone()?;
+                validate(text, self.max_bytes)
+            })
             .collect();
-        let valid: Vec<(ClientId, &[u8])> = items
+        let valid: Vec<NewMessage<'_>> = items
             .iter()
             .zip(&checked)
             .filter(|(_, ok)| ok.is_ok())
-            .map(|((id, text), _)| (*id, text.as_bytes()))
+            .map(|((id, text), _)| NewMessage {
+                client: *id,
+                body: text.as_bytes(),
+                options,
+            })
             .collect();
-        let mut stored = self.store.enqueue_batch(&valid).await?.into_iter();
+        let mut stored = self
+            .store
+            .enqueue_batch(&valid, self.dedupe_window)
+            .await?
+            .into_iter();
         let results: Vec<Result<Stored, EnqueueError>> = items
             .iter()
             .zip(checked)
@@ -132,7 +262,7 @@ impl Enqueuer {
         let mut woken: Vec<ClientId> = items
             .iter()
             .zip(&results)
-            .filter(|(_, r)| r.is_ok())
+            .filter(|(_, r)| r.as_ref().is_ok_and(|s| !s.duplicate))
             .map(|((id, _), _)| *id)
             .collect();
         woken.sort_unstable();

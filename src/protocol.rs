@@ -179,6 +179,8 @@ pub enum Reply<'a> {
     Message(&'a [u8]),
     /// `MESSAGE <id>: <text>`, in acknowledged mode.
     AckedMessage(u64, &'a [u8]),
+    /// `DROPPED <n>`: n messages expired or were replaced before they could be delivered.
+    Dropped(u64),
     Pong,
     Bye(ByeReason),
     /// `ERROR: <what>`; the text comes from an error's `Display`.
@@ -203,6 +205,10 @@ impl Reply<'_> {
                 buf.put_slice(id.to_string().as_bytes());
                 buf.put_slice(b": ");
                 put_one_line(buf, body);
+            }
+            Reply::Dropped(n) => {
+                buf.put_slice(b"DROPPED ");
+                buf.put_slice(n.to_string().as_bytes());
             }
             Reply::Pong => buf.put_slice(b"PONG"),
             Reply::Bye(reason) => {
@@ -342,6 +348,7 @@ mod tests {
         assert_eq!(line(Reply::GetClientId), "GET_CLIENT_ID\r\n");
         assert_eq!(line(Reply::Message(b"hi there")), "MESSAGE: hi there\r\n");
         assert_eq!(line(Reply::AckedMessage(7, b"hi")), "MESSAGE 7: hi\r\n");
+        assert_eq!(line(Reply::Dropped(3)), "DROPPED 3\r\n");
         assert_eq!(
             line(Reply::Message(b"a\r\nERROR: forged\nz")),
             "MESSAGE: a  ERROR: forged z\r\n"

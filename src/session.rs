@@ -278,13 +278,41 @@ impl Session {
         if messages.is_empty() {
             return Ok(());
         }
+        let mut messages = messages;
+        // A message past its deadline is never written: mark it expired first, so that its
+        // producer reads why, then count it in a DROPPED line with the replaced ones.
+        let expired: Vec<u64> = messages
+            .iter_mut()
+            .filter(|m| !m.dropped && m.expires_in_us.is_some_and(|us| us <= 0))
+            .map(|m| {
+                m.dropped = true;
+                m.seq
+            })
+            .collect();
+        if let Err(e) = self.node.store.mark_expired(reg.client_id, &expired).await {
+            warn!(error = %e, "could not mark expired messages; will retry");
+            cursor.failed();
+            return Ok(());
+        }
+        let mut dropped = 0;
         for message in &messages {
+            if message.dropped {
+                dropped += 1;
+                continue;
+            }
+            if dropped > 0 {
+                self.out_reply(Reply::Dropped(dropped));
+                dropped = 0;
+            }
             let reply = if cursor.acknowledged() {
                 Reply::AckedMessage(message.id, &message.body)
             } else {
                 Reply::Message(&message.body)
             };
             self.out_reply(reply);
+        }
+        if dropped > 0 {
+            self.out_reply(Reply::Dropped(dropped));
         }
         self.flush().await?;
         cursor.written(&messages);
@@ -351,7 +379,7 @@ impl Session {
         match self
             .node
             .cursors
-            .call((reg.client_id, reg.epoch, done))
+            .call((reg.client_id, reg.epoch, done, cursor.acknowledged()))
             .await
         {
             Ok(true) => cursor.recorded(done),
@@ -386,7 +414,7 @@ impl Session {
             if let Err(e) = self
                 .node
                 .store
-                .release_client(reg.client_id, reg.epoch, done)
+                .release_client(reg.client_id, reg.epoch, done, cursor.acknowledged())
                 .await
             {
                 warn!(error = %e, done,

@@ -16,6 +16,11 @@ const MIGRATIONS: &[(u32, &str, &str)] = &[
         "0003_cursors",
         include_str!("../../sql/0003_cursors.sql"),
     ),
+    (
+        4,
+        "0004_producer",
+        include_str!("../../sql/0004_producer.sql"),
+    ),
 ];
 
 /// Creates the database if needed, then applies pending migrations under a named lock,
@@ -117,5 +122,6 @@ mod tests {
         assert_eq!(statements(MIGRATIONS[0].2).len(), 2);
         assert_eq!(statements(MIGRATIONS[1].2).len(), 1);
         assert_eq!(statements(MIGRATIONS[2].2).len(), 3);
+        assert_eq!(statements(MIGRATIONS[3].2).len(), 3);
     }
 }

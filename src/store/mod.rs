@@ -11,6 +11,9 @@ use crate::ClientId;
 
 mod migrate;
 mod queue;
+mod status;
+
+pub use status::{MessageState, MessageStatus};
 
 /// Bound on one statement's round trip, so a hung server cannot hang a session forever.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -69,7 +72,33 @@ pub struct Pending {
     pub seq: u64,
     /// Global message id.
     pub id: u64,
+    /// Empty for a dropped message.
     pub body: Vec<u8>,
+    /// Expired or replaced: never delivered; the client is told how many it missed.
+    pub dropped: bool,
+    /// Microseconds left before the message expires, as MySQL saw it when reading (`None`: no TTL).
+    pub expires_in_us: Option<i64>,
+}
+
+/// The columns of a pending-message read after `client_id`: seq, id, body (empty once dropped),
+/// whether it was dropped, microseconds to its expiry.
+const PENDING_COLUMNS: &str = "seq, id, IF(dropped = 0, body, ''), dropped <> 0, \
+     TIMESTAMPDIFF(MICROSECOND, NOW(6), expires_at)";
+
+/// Microseconds to a message's expiry (`None`: no TTL).
+type ExpiresIn = Option<i64>;
+type PendingRow = (u64, u64, Vec<u8>, bool, ExpiresIn);
+/// A [`PendingRow`] led by its client id.
+type ClientPendingRow = (Vec<u8>, u64, u64, Vec<u8>, bool, ExpiresIn);
+
+fn pending((seq, id, body, dropped, expires_in_us): PendingRow) -> Pending {
+    Pending {
+        seq,
+        id,
+        body,
+        dropped,
+        expires_in_us,
+    }
 }
 
 /// What a fenced read of pending messages found.
@@ -99,6 +128,36 @@ pub struct Stored {
     pub id: u64,
     /// Position in the client's queue.
     pub seq: u64,
+    /// A dedupe hit: nothing new was stored; `id` and `seq` are the first message's.
+    pub duplicate: bool,
+    /// How many pending messages with the same collapse key this one replaced.
+    pub replaced: u64,
+}
+
+/// What a producer may ask of one message besides its body.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MessageOptions {
+    /// Not delivered after this long: it expires (and is reported expired) instead.
+    pub ttl: Option<Duration>,
+    /// A retry with the same key for the same client, within the dedupe window, stores nothing.
+    pub dedupe_key: Option<String>,
+    /// Replaces the client's still-pending messages with the same key.
+    pub collapse_key: Option<String>,
+}
+
+impl MessageOptions {
+    /// Whether nothing beyond a plain append is asked.
+    pub fn is_plain(&self) -> bool {
+        *self == MessageOptions::default()
+    }
+}
+
+/// One message to append.
+#[derive(Debug, Clone, Copy)]
+pub struct NewMessage<'a> {
+    pub client: ClientId,
+    pub body: &'a [u8],
+    pub options: &'a MessageOptions,
 }
 
 /// One client's line in a sweep: its current session epoch and whether anything is pending.
@@ -291,9 +350,9 @@ impl Store {
                         "SELECT id, session_epoch, last_seq FROM clients WHERE id IN ({list})"
                     ))
                     .await?;
-                let rows: Vec<(Vec<u8>, u64, u64, Vec<u8>)> = conn
+                let rows: Vec<ClientPendingRow> = conn
                     .query(format!(
-                        "SELECT client_id, seq, id, body FROM messages WHERE {ranges} \
+                        "SELECT client_id, {PENDING_COLUMNS} FROM messages WHERE {ranges} \
                          ORDER BY client_id, seq"
                     ))
                     .await?;
@@ -305,11 +364,11 @@ impl Store {
             .map(|(id, epoch, last)| (id, (epoch, last)))
             .collect();
         let mut pages: HashMap<Vec<u8>, Vec<Pending>> = HashMap::new();
-        for (client, seq, id, body) in rows {
+        for (client, seq, id, body, dropped, expires) in rows {
             pages
                 .entry(client)
                 .or_default()
-                .push(Pending { seq, id, body });
+                .push(pending((seq, id, body, dropped, expires)));
         }
         let mut out = Vec::with_capacity(requests.len());
         for (id, epoch, after, limit) in requests {
@@ -339,21 +398,44 @@ impl Store {
         after: u64,
         limit: usize,
     ) -> Result<Vec<Pending>, StoreError> {
-        let rows: Vec<(u64, u64, Vec<u8>)> = self
+        let rows: Vec<PendingRow> = self
             .timed(async {
                 let mut conn = self.pool.get_conn().await?;
                 conn.exec(
-                    "SELECT seq, id, body FROM messages WHERE client_id = ? AND seq > ? \
-                     ORDER BY seq LIMIT ?",
+                    format!(
+                        "SELECT {PENDING_COLUMNS} FROM messages WHERE client_id = ? AND seq > ? \
+                         ORDER BY seq LIMIT ?"
+                    ),
                     (&id.as_bytes()[..], after, limit as u64),
                 )
                 .await
             })
             .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(seq, id, body)| Pending { seq, id, body })
-            .collect())
+        Ok(rows.into_iter().map(pending).collect())
+    }
+
+    /// Marks messages of one client expired: a session found their time run out and skips them.
+    pub async fn mark_expired(&self, id: ClientId, seqs: &[u64]) -> Result<(), StoreError> {
+        if seqs.is_empty() {
+            return Ok(());
+        }
+        let list = seqs
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        self.timed(async {
+            let mut conn = self.pool.get_conn().await?;
+            conn.exec_drop(
+                format!(
+                    "UPDATE messages SET dropped = 1, dropped_at = NOW(6) \
+                     WHERE client_id = ? AND seq IN ({list}) AND dropped = 0"
+                ),
+                (&id.as_bytes()[..],),
+            )
+            .await
+        })
+        .await
     }
 
     /// Takes the right to deliver to `id` for session `epoch` of `node`: granted when nobody holds
@@ -394,13 +476,14 @@ impl Store {
         .await
     }
 
-    /// Records, for many sessions in one statement (group commit), that every message up to `seq`
-    /// is done (written, or acknowledged in acknowledged mode). One entry per (client, epoch,
-    /// seq), each client at most once. Per entry: `false` when session `epoch` no longer holds the
-    /// delivery right (nothing recorded for it).
+    /// Records, for many sessions in one transaction (group commit), that every message up to
+    /// `seq` is done (written, or acknowledged in acknowledged mode): one statement for the
+    /// cursors, one for the delivery log. One entry per (client, epoch, seq, acknowledged), each
+    /// client at most once. Per entry: `false` when session `epoch` no longer holds the delivery
+    /// right (nothing recorded for it).
     pub async fn mark_delivered_many(
         &self,
-        entries: &[(ClientId, u64, u64)],
+        entries: &[(ClientId, u64, u64, bool)],
     ) -> Result<Vec<bool>, StoreError> {
         if entries.is_empty() {
             return Ok(Vec::new());
@@ -410,32 +493,49 @@ impl Store {
         let seqs = case_arms(
             entries
                 .iter()
-                .map(|(id, _, seq)| (&id.as_bytes()[..], *seq)),
+                .map(|(id, _, seq, _)| (&id.as_bytes()[..], *seq)),
         );
         let epochs = case_arms(
             entries
                 .iter()
-                .map(|(id, epoch, _)| (&id.as_bytes()[..], *epoch)),
+                .map(|(id, epoch, _, _)| (&id.as_bytes()[..], *epoch)),
         );
         self.timed(async {
             let mut conn = self.pool.get_conn().await?;
-            conn.query_drop(format!(
+            let mut tx = conn.start_transaction(TxOpts::default()).await?;
+            tx.query_drop(format!(
                 "UPDATE cursors SET delivered_seq = GREATEST(delivered_seq, CASE client_id{seqs} END) \
                  WHERE client_id IN ({list}) AND holder_epoch = CASE client_id{epochs} END"
             ))
             .await?;
-            if conn.affected_rows() == entries.len() as u64 {
-                return Ok(vec![true; entries.len()]);
-            }
-            // Some sessions lost the right: find which.
-            let holders: Vec<(Vec<u8>, Option<u64>)> = conn
-                .query(format!("SELECT client_id, holder_epoch FROM cursors WHERE client_id IN ({list})"))
-                .await?;
-            let holders: HashMap<Vec<u8>, Option<u64>> = holders.into_iter().collect();
-            Ok(entries
+            let held = if tx.affected_rows() == entries.len() as u64 {
+                vec![true; entries.len()]
+            } else {
+                // Some sessions lost the right: find which.
+                let holders: Vec<(Vec<u8>, Option<u64>)> = tx
+                    .query(format!("SELECT client_id, holder_epoch FROM cursors WHERE client_id IN ({list})"))
+                    .await?;
+                let holders: HashMap<Vec<u8>, Option<u64>> = holders.into_iter().collect();
+                entries
+                    .iter()
+                    .map(|(id, epoch, _, _)| holders.get(&id.as_bytes()[..]).copied().flatten() == Some(*epoch))
+                    .collect()
+            };
+            let log = entries
                 .iter()
-                .map(|(id, epoch, _)| holders.get(&id.as_bytes()[..]).copied().flatten() == Some(*epoch))
-                .collect())
+                .zip(&held)
+                .filter(|(_, held)| **held)
+                .map(|((id, _, seq, acked), _)| format!("(X'{}', {seq}, {})", hex(id.as_bytes()), u8::from(*acked)))
+                .collect::<Vec<_>>();
+            if !log.is_empty() {
+                tx.query_drop(format!(
+                    "INSERT IGNORE INTO deliveries (client_id, upto_seq, acked) VALUES {}",
+                    log.join(", ")
+                ))
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(held)
         })
         .await
     }
@@ -447,15 +547,25 @@ impl Store {
         id: ClientId,
         epoch: u64,
         delivered_seq: u64,
+        acked: bool,
     ) -> Result<(), StoreError> {
         self.timed(async {
             let mut conn = self.pool.get_conn().await?;
-            conn.exec_drop(
+            let mut tx = conn.start_transaction(TxOpts::default()).await?;
+            tx.exec_drop(
                 "UPDATE cursors SET delivered_seq = GREATEST(delivered_seq, ?), holder_epoch = NULL, \
                  holder_node = NULL WHERE client_id = ? AND holder_epoch = ?",
                 (delivered_seq, &id.as_bytes()[..], epoch),
             )
-            .await
+            .await?;
+            if tx.affected_rows() == 1 && delivered_seq > 0 {
+                tx.exec_drop(
+                    "INSERT IGNORE INTO deliveries (client_id, upto_seq, acked) VALUES (?, ?, ?)",
+                    (&id.as_bytes()[..], delivered_seq, acked),
+                )
+                .await?;
+            }
+            tx.commit().await
         })
         .await
     }

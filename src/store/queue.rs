@@ -1,11 +1,12 @@
 //! The enqueue side of the store: appending messages to client queues, one or many per transaction.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use mysql_async::prelude::*;
 use mysql_async::TxOpts;
 
-use super::{case_arms, hex, hex_list, Store, StoreError, Stored};
+use super::{case_arms, hex, hex_list, NewMessage, Store, StoreError, Stored};
 use crate::ClientId;
 
 impl Store {
@@ -47,31 +48,101 @@ impl Store {
             Ok(Some(Stored {
                 id: message_id,
                 seq,
+                duplicate: false,
+                replaced: 0,
             }))
         })
         .await
     }
 
     /// Appends many messages, for many clients, in one transaction: one `UPDATE` of the client rows,
-    /// one multi-row `INSERT` per 1,000 messages. The result has one entry per item, in order;
-    /// `None` for an item whose client does not exist (nothing is stored for it).
+    /// one multi-row `INSERT` per 1,000 messages, and only for the items that ask for them, one
+    /// dedupe lookup and insert, and one `UPDATE` per collapse key. The result has one entry per
+    /// item, in order; `None` for an item whose client does not exist (nothing is stored for it).
+    /// A dedupe key seen for the client within `dedupe_window` stores nothing and returns the
+    /// first message (`duplicate`).
     pub async fn enqueue_batch(
         &self,
-        items: &[(ClientId, &[u8])],
+        items: &[NewMessage<'_>],
+        dedupe_window: Duration,
     ) -> Result<Vec<Option<Stored>>, StoreError> {
         if items.is_empty() {
             return Ok(Vec::new());
         }
-        let mut counts: HashMap<ClientId, u64> = HashMap::new();
-        for (id, _) in items {
-            *counts.entry(*id).or_default() += 1;
-        }
-        let ids: Vec<ClientId> = counts.keys().copied().collect();
-        let list = hex_list(&ids);
-        let cases = case_arms(counts.iter().map(|(id, n)| (&id.as_bytes()[..], *n)));
+        let all: Vec<ClientId> = {
+            let mut ids: Vec<ClientId> = items.iter().map(|m| m.client).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            ids
+        };
+        let all_list = hex_list(&all);
+        let extra = items
+            .iter()
+            .any(|m| m.options.ttl.is_some() || m.options.collapse_key.is_some());
         self.timed(async {
             let mut conn = self.pool.get_conn().await?;
             let mut tx = conn.start_transaction(TxOpts::default()).await?;
+            // Per item: Some(index of the item whose message it repeats) for a dedupe hit within
+            // the batch, or the earlier message found in the dedupe table.
+            let mut earlier: Vec<Option<Stored>> = vec![None; items.len()];
+            let mut repeats: Vec<Option<usize>> = vec![None; items.len()];
+            if items.iter().any(|m| m.options.dedupe_key.is_some()) {
+                // Lock the clients first: concurrent retries with one key queue up here, and each
+                // then sees the key the first one committed.
+                tx.query_drop(format!("SELECT id FROM clients WHERE id IN ({all_list}) FOR UPDATE"))
+                    .await?;
+                let keyed: Vec<(usize, ClientId, &str)> = items
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, m)| Some((i, m.client, m.options.dedupe_key.as_deref()?)))
+                    .collect();
+                let conds = keyed
+                    .iter()
+                    .map(|(_, id, _)| format!("(client_id = X'{}' AND dedupe_key = ?)", hex(id.as_bytes())))
+                    .collect::<Vec<_>>()
+                    .join(" OR ");
+                let params: Vec<mysql_async::Value> =
+                    keyed.iter().map(|(_, _, k)| k.as_bytes().to_vec().into()).collect();
+                let found: Vec<(Vec<u8>, Vec<u8>, u64, u64)> = tx
+                    .exec(
+                        format!(
+                            "SELECT client_id, dedupe_key, message_id, seq FROM dedupe \
+                             WHERE ({conds}) AND created_at > NOW(6) - INTERVAL {} SECOND",
+                            dedupe_window.as_secs()
+                        ),
+                        params,
+                    )
+                    .await?;
+                let found: HashMap<(Vec<u8>, Vec<u8>), (u64, u64)> = found
+                    .into_iter()
+                    .map(|(c, k, id, seq)| ((c, k), (id, seq)))
+                    .collect();
+                let mut first: HashMap<(ClientId, &str), usize> = HashMap::new();
+                for (i, client, key) in keyed {
+                    let db_key = (client.as_bytes().to_vec(), key.as_bytes().to_vec());
+                    if let Some(&(id, seq)) = found.get(&db_key) {
+                        earlier[i] = Some(Stored { id, seq, duplicate: true, replaced: 0 });
+                    } else if let Some(&j) = first.get(&(client, key)) {
+                        repeats[i] = Some(j);
+                    } else {
+                        first.insert((client, key), i);
+                    }
+                }
+            }
+            let fresh = |i: usize| earlier[i].is_none() && repeats[i].is_none();
+            let mut counts: HashMap<ClientId, u64> = HashMap::new();
+            for (i, m) in items.iter().enumerate() {
+                if fresh(i) {
+                    *counts.entry(m.client).or_default() += 1;
+                }
+            }
+            if counts.is_empty() {
+                tx.rollback().await?;
+                return Ok(resolve(earlier, repeats, vec![None; items.len()]));
+            }
+            let ids: Vec<ClientId> = counts.keys().copied().collect();
+            let list = hex_list(&ids);
+            let cases = case_arms(counts.iter().map(|(id, n)| (&id.as_bytes()[..], *n)));
             // Row locks on every client of the batch, taken in one statement: seqs are in commit order.
             tx.query_drop(format!(
                 "UPDATE clients SET last_seq = last_seq + CASE id{cases} END WHERE id IN ({list})"
@@ -92,49 +163,61 @@ impl Store {
                 .collect();
             let planned: Vec<Option<u64>> = items
                 .iter()
-                .map(|(id, _)| {
-                    next.get_mut(id).map(|seq| {
+                .enumerate()
+                .map(|(i, m)| {
+                    if !fresh(i) {
+                        return None;
+                    }
+                    next.get_mut(&m.client).map(|seq| {
                         *seq += 1;
                         *seq - 1
                     })
                 })
                 .collect();
-            let rows: Vec<(ClientId, u64, &[u8])> = items
+            let rows: Vec<(&NewMessage<'_>, u64)> = items
                 .iter()
                 .zip(&planned)
-                .filter_map(|((id, body), seq)| Some((*id, (*seq)?, *body)))
+                .filter_map(|(m, seq)| Some((m, (*seq)?)))
                 .collect();
             // Ids of a multi-row INSERT are consecutive (by the auto-increment step) when
             // innodb_autoinc_lock_mode <= 1 (MariaDB's default); otherwise they are read back.
             let step = Store::id_step(&mut tx).await?;
             let mut ids_by_key: HashMap<(ClientId, u64), u64> = HashMap::with_capacity(rows.len());
             for chunk in rows.chunks(1000) {
-                let placeholders = vec!["(?, ?, ?)"; chunk.len()].join(", ");
-                let params: Vec<mysql_async::Value> = chunk
-                    .iter()
-                    .flat_map(|(id, seq, body)| {
-                        [
-                            id.as_bytes().to_vec().into(),
-                            (*seq).into(),
-                            body.to_vec().into(),
-                        ]
-                    })
-                    .collect();
+                let (columns, row) = if extra {
+                    (
+                        "client_id, seq, body, expires_at, collapse_key",
+                        "(?, ?, ?, NOW(6) + INTERVAL ? MICROSECOND, ?)",
+                    )
+                } else {
+                    ("client_id, seq, body", "(?, ?, ?)")
+                };
+                let placeholders = vec![row; chunk.len()].join(", ");
+                let mut params: Vec<mysql_async::Value> = Vec::with_capacity(chunk.len() * 5);
+                for (m, seq) in chunk {
+                    params.push(m.client.as_bytes().to_vec().into());
+                    params.push((*seq).into());
+                    params.push(m.body.to_vec().into());
+                    if extra {
+                        params.push(m.options.ttl.map(|t| t.as_micros() as u64).into());
+                        params.push(m.options.collapse_key.as_ref().map(|k| k.as_bytes().to_vec()).into());
+                    }
+                }
                 tx.exec_drop(
-                    format!("INSERT INTO messages (client_id, seq, body) VALUES {placeholders}"),
+                    format!("INSERT INTO messages ({columns}) VALUES {placeholders}"),
                     params,
                 )
                 .await?;
                 if step > 0 {
                     let first = tx.last_insert_id().unwrap_or_default();
-                    for (i, (id, seq, _)) in chunk.iter().enumerate() {
-                        ids_by_key.insert((*id, *seq), first + i as u64 * step);
+                    for (i, (m, seq)) in chunk.iter().enumerate() {
+                        ids_by_key.insert((m.client, *seq), first + i as u64 * step);
                     }
                     continue;
                 }
                 let keys = chunk
                     .iter()
-                    .map(|(id, seq, _)| format!("(X'{}', {seq})", hex(id.as_bytes())))
+                    .map(|(m, seq)| format!("(X'{}', {seq})", hex(m.client.as_bytes())))
                     .collect::<Vec<_>>()
                     .join(", ");
                 let found: Vec<(Vec<u8>, u64, u64)> = tx
@@ -148,19 +231,111 @@ impl Store {
                     }
                 }
             }
+            let mut replaced: HashMap<usize, u64> = HashMap::new();
+            let collapsing: Vec<(usize, &NewMessage<'_>, u64)> = rows
+                .iter()
+                .zip(planned.iter().enumerate().filter_map(|(i, s)| s.map(|_| i)))
+                .filter(|((m, _), _)| m.options.collapse_key.is_some())
+                .map(|((m, seq), i)| (i, *m, *seq))
+                .collect();
+            if !collapsing.is_empty() {
+                let clients: Vec<ClientId> = collapsing.iter().map(|(_, m, _)| m.client).collect();
+                let delivered: Vec<(Vec<u8>, u64)> = tx
+                    .query(format!(
+                        "SELECT client_id, delivered_seq FROM cursors WHERE client_id IN ({})",
+                        hex_list(&clients)
+                    ))
+                    .await?;
+                let delivered: HashMap<Vec<u8>, u64> = delivered.into_iter().collect();
+                // In order: a later message of the batch replaces an earlier one with its key.
+                for (i, m, seq) in collapsing {
+                    let after = delivered.get(&m.client.as_bytes()[..]).copied().unwrap_or(0);
+                    let new_id = ids_by_key.get(&(m.client, seq)).copied().unwrap_or_default();
+                    tx.exec_drop(
+                        "UPDATE messages SET dropped = 2, dropped_at = NOW(6), replaced_by = ? \
+                         WHERE client_id = ? AND collapse_key = ? AND dropped = 0 \
+                         AND seq > ? AND seq < ?",
+                        (
+                            new_id,
+                            &m.client.as_bytes()[..],
+                            m.options.collapse_key.as_deref().unwrap_or_default().as_bytes(),
+                            after,
+                            seq,
+                        ),
+                    )
+                    .await?;
+                    replaced.insert(i, tx.affected_rows());
+                }
+            }
+            let keyed: Vec<(&NewMessage<'_>, u64)> = rows
+                .iter()
+                .filter(|(m, _)| m.options.dedupe_key.is_some())
+                .map(|(m, seq)| (*m, *seq))
+                .collect();
+            if !keyed.is_empty() {
+                let placeholders = vec!["(?, ?, ?, ?)"; keyed.len()].join(", ");
+                let params: Vec<mysql_async::Value> = keyed
+                    .iter()
+                    .flat_map(|(m, seq)| {
+                        [
+                            m.client.as_bytes().to_vec().into(),
+                            m.options.dedupe_key.as_deref().unwrap_or_default().as_bytes().to_vec().into(),
+                            ids_by_key.get(&(m.client, *seq)).copied().unwrap_or_default().into(),
+                            (*seq).into(),
+                        ]
+                    })
+                    .collect();
+                // An entry older than the window is taken over by the new message.
+                tx.exec_drop(
+                    format!(
+                        "INSERT INTO dedupe (client_id, dedupe_key, message_id, seq) VALUES {placeholders} \
+                         ON DUPLICATE KEY UPDATE message_id = VALUES(message_id), seq = VALUES(seq), \
+                         created_at = NOW(6)"
+                    ),
+                    params,
+                )
+                .await?;
+            }
             tx.commit().await?;
-            Ok(items
+            let stored: Vec<Option<Stored>> = items
                 .iter()
                 .zip(planned)
-                .map(|((client, _), seq)| {
+                .enumerate()
+                .map(|(i, (m, seq))| {
                     let seq = seq?;
                     Some(Stored {
-                        id: ids_by_key.get(&(*client, seq)).copied().unwrap_or_default(),
+                        id: ids_by_key.get(&(m.client, seq)).copied().unwrap_or_default(),
                         seq,
+                        duplicate: false,
+                        replaced: replaced.get(&i).copied().unwrap_or(0),
                     })
                 })
-                .collect())
+                .collect();
+            Ok(resolve(earlier, repeats, stored))
         })
         .await
     }
+}
+
+/// The result per item: its own new message, or the earlier one it repeats (a dedupe hit).
+fn resolve(
+    earlier: Vec<Option<Stored>>,
+    repeats: Vec<Option<usize>>,
+    stored: Vec<Option<Stored>>,
+) -> Vec<Option<Stored>> {
+    (0..stored.len())
+        .map(|i| {
+            if let Some(found) = earlier[i] {
+                return Some(found);
+            }
+            if let Some(first) = repeats[i] {
+                return stored[first].map(|s| Stored {
+                    duplicate: true,
+                    replaced: 0,
+                    ..s
+                });
+            }
+            stored[i]
+        })
+        .collect()
 }

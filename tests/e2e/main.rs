@@ -11,5 +11,6 @@ mod faults;
 mod handshake;
 mod hostile;
 mod lifecycle;
+mod producer;
 mod services_smoke;
 mod session;

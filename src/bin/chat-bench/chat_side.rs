@@ -40,6 +40,7 @@ pub async fn run(w: Workload, params: &Params, urls: &ServiceUrls) -> Result<Vec
         Workload::Drain => drain(&node, params, urls).await?,
         Workload::Connections => connections(&node, params).await?,
         Workload::EnqueueCli => enqueue_cli(&node, params, urls).await?,
+        Workload::EnqueueStdin => super::enqueue_stdin::run(node.addr, params, urls).await?,
     };
     node.stop().await;
     Ok(rows)
@@ -115,7 +116,7 @@ impl Node {
 }
 
 /// A binary next to this one.
-fn sibling(name: &str) -> Result<std::path::PathBuf> {
+pub fn sibling(name: &str) -> Result<std::path::PathBuf> {
     let exe = std::env::current_exe()?;
     let path = exe.with_file_name(name);
     if !path.exists() {
@@ -192,7 +193,7 @@ impl Client {
 }
 
 /// Creates `n` clients through the node, 200 handshakes at a time; returns their ids.
-async fn register(addr: SocketAddr, n: usize) -> Result<Vec<ClientId>> {
+pub async fn register(addr: SocketAddr, n: usize) -> Result<Vec<ClientId>> {
     let gate = Arc::new(Semaphore::new(200));
     let tasks: Vec<_> = (0..n)
         .map(|_| {

@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod chat_side;
+mod enqueue_stdin;
 mod mosquitto;
 mod params;
 mod procstat;
@@ -70,6 +71,7 @@ async fn run(args: Args) -> Result<()> {
             Workload::Drain,
             Workload::Connections,
             Workload::EnqueueCli,
+            Workload::EnqueueStdin,
         ]
     } else {
         args.only.clone()
@@ -78,7 +80,7 @@ async fn run(args: Args) -> Result<()> {
     for w in &workloads {
         eprintln!("chat-bench: chat {w:?}...");
         rows.extend(chat_side::run(*w, &args.params, &args.urls).await?);
-        if !args.no_mosquitto && *w != Workload::EnqueueCli {
+        if !args.no_mosquitto && !matches!(w, Workload::EnqueueCli | Workload::EnqueueStdin) {
             eprintln!("chat-bench: mosquitto {w:?}...");
             rows.extend(mosquitto::run(*w, &args.params).await?);
         }

@@ -13,6 +13,8 @@ pub enum Workload {
     Connections,
     /// Wall time of one `chat-enqueue` run (chat only).
     EnqueueCli,
+    /// `chat-enqueue --stdin` throughput: lines in, messages stored per second (chat only).
+    EnqueueStdin,
 }
 
 /// Sizes of the workloads.
@@ -51,4 +53,10 @@ pub struct Params {
     /// Enqueue CLI: runs (median reported).
     #[arg(long, default_value_t = 50)]
     pub cli_runs: usize,
+    /// Enqueue stdin: input lines (messages).
+    #[arg(long, default_value_t = 200_000)]
+    pub stdin_messages: usize,
+    /// Enqueue stdin: clients the lines are spread over (offline: this measures storing).
+    #[arg(long, default_value_t = 1000)]
+    pub stdin_clients: usize,
 }

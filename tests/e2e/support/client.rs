@@ -142,6 +142,18 @@ impl TestClient {
         self.expect(&format!("SET_CLIENT_ID: {id}"));
     }
 
+    /// Answers with an existing id in acknowledged mode and checks the node accepted it.
+    pub fn resume_ack(&mut self, id: &str) {
+        self.send(&format!("{id} ACK"));
+        self.expect(&format!("SET_CLIENT_ID: {id}"));
+    }
+
+    /// Sends `DISCONNECT` and checks the goodbye.
+    pub fn disconnect(&mut self) {
+        self.send("DISCONNECT");
+        self.expect("BYE: disconnected");
+    }
+
     /// The next `n` lines, each of which must be a `MESSAGE:`; returns their texts.
     pub fn messages(&mut self, n: usize) -> Vec<String> {
         (0..n)

@@ -128,6 +128,52 @@ impl Env {
         )
     }
 
+    /// Runs `chat-enqueue` with this env's URLs, `args` and `input` on its stdin.
+    pub fn enqueue_stdin(&self, args: &[&str], input: &[u8]) -> Output {
+        use std::io::Write;
+        let mut child = Command::new(ENQUEUE)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("CHAT_DATABASE_URL", &self.db_url)
+            .env("CHAT_REDIS_URL", &self.redis_url)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn chat-enqueue");
+        let mut stdin = child.stdin.take().expect("stdin");
+        let input = input.to_vec();
+        let writer = thread::spawn(move || {
+            let _ = stdin.write_all(&input);
+        });
+        let pid = child.id();
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            let _ = tx.send(child.wait_with_output());
+        });
+        let out = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(out) => out.expect("wait"),
+            Err(_) => {
+                signal(pid, "KILL");
+                panic!("chat-enqueue --stdin did not finish within 60 s");
+            }
+        };
+        writer.join().expect("stdin writer");
+        out
+    }
+
+    /// Runs `chat-enqueue` with `args` in a thread (for `--wait`); join it for the output.
+    pub fn enqueue_in_background(&self, args: &[&str]) -> thread::JoinHandle<Output> {
+        let mut cmd = Command::new(ENQUEUE);
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("CHAT_DATABASE_URL", &self.db_url)
+            .env("CHAT_REDIS_URL", &self.redis_url)
+            .args(args);
+        thread::spawn(move || run_with_timeout(&mut cmd))
+    }
+
     /// Enqueues `text` for `client`; asserts success and returns the printed message id.
     pub fn enqueue(&self, client: &str, text: &str) -> u64 {
         let out = self.enqueue_raw(&[client, text]);
