@@ -200,6 +200,7 @@ mod tests {
             seq,
             id: seq + 1000,
             body: vec![],
+            enqueued_at_us: 0,
         })
         .collect()
     }

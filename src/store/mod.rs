@@ -17,6 +17,12 @@ const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bound on a row-lock wait inside MySQL (below `QUERY_TIMEOUT`).
 const LOCK_WAIT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// A message's `enqueued_at` in microseconds since the Unix epoch (for the latency metric).
+const ENQUEUED_AT_US: &str = "CAST(UNIX_TIMESTAMP(enqueued_at) * 1000000 AS UNSIGNED)";
+
+/// A row of the batched fetch: client, seq, id, body, enqueued_at in microseconds.
+type PendingRow = (Vec<u8>, u64, u64, Vec<u8>, u64);
+
 /// How many ids one sweep query should check (callers of `sweep` chunk by it).
 pub const SWEEP_CHUNK: usize = 500;
 
@@ -70,6 +76,8 @@ pub struct Pending {
     /// Global message id.
     pub id: u64,
     pub body: Vec<u8>,
+    /// When it was enqueued (committed), in microseconds since the Unix epoch (MySQL's clock).
+    pub enqueued_at_us: u64,
 }
 
 /// What a fenced read of pending messages found.
@@ -107,6 +115,8 @@ pub struct SweepRow {
     pub client_id: ClientId,
     pub epoch: u64,
     pub has_pending: bool,
+    /// How many messages are pending.
+    pub pending: u64,
 }
 
 /// The MySQL connection pool and the queries on it.
@@ -291,10 +301,10 @@ impl Store {
                         "SELECT id, session_epoch, last_seq FROM clients WHERE id IN ({list})"
                     ))
                     .await?;
-                let rows: Vec<(Vec<u8>, u64, u64, Vec<u8>)> = conn
+                let rows: Vec<PendingRow> = conn
                     .query(format!(
-                        "SELECT client_id, seq, id, body FROM messages WHERE {ranges} \
-                         ORDER BY client_id, seq"
+                        "SELECT client_id, seq, id, body, {ENQUEUED_AT_US} FROM messages \
+                         WHERE {ranges} ORDER BY client_id, seq"
                     ))
                     .await?;
                 Ok((heads, rows))
@@ -305,11 +315,13 @@ impl Store {
             .map(|(id, epoch, last)| (id, (epoch, last)))
             .collect();
         let mut pages: HashMap<Vec<u8>, Vec<Pending>> = HashMap::new();
-        for (client, seq, id, body) in rows {
-            pages
-                .entry(client)
-                .or_default()
-                .push(Pending { seq, id, body });
+        for (client, seq, id, body, enqueued_at_us) in rows {
+            pages.entry(client).or_default().push(Pending {
+                seq,
+                id,
+                body,
+                enqueued_at_us,
+            });
         }
         let mut out = Vec::with_capacity(requests.len());
         for (id, epoch, after, limit) in requests {
@@ -339,12 +351,14 @@ impl Store {
         after: u64,
         limit: usize,
     ) -> Result<Vec<Pending>, StoreError> {
-        let rows: Vec<(u64, u64, Vec<u8>)> = self
+        let rows: Vec<(u64, u64, Vec<u8>, u64)> = self
             .timed(async {
                 let mut conn = self.pool.get_conn().await?;
                 conn.exec(
-                    "SELECT seq, id, body FROM messages WHERE client_id = ? AND seq > ? \
-                     ORDER BY seq LIMIT ?",
+                    format!(
+                        "SELECT seq, id, body, {ENQUEUED_AT_US} FROM messages \
+                         WHERE client_id = ? AND seq > ? ORDER BY seq LIMIT ?"
+                    ),
                     (&id.as_bytes()[..], after, limit as u64),
                 )
                 .await
@@ -352,7 +366,12 @@ impl Store {
             .await?;
         Ok(rows
             .into_iter()
-            .map(|(seq, id, body)| Pending { seq, id, body })
+            .map(|(seq, id, body, enqueued_at_us)| Pending {
+                seq,
+                id,
+                body,
+                enqueued_at_us,
+            })
             .collect())
     }
 
@@ -465,10 +484,10 @@ impl Store {
     pub async fn sweep(&self, ids: &[ClientId]) -> Result<Vec<SweepRow>, StoreError> {
         let list = hex_list(ids);
         let sql = format!(
-            "SELECT c.id, c.session_epoch, c.last_seq > d.delivered_seq \
+            "SELECT c.id, c.session_epoch, GREATEST(c.last_seq, d.delivered_seq) - d.delivered_seq \
              FROM clients c JOIN cursors d ON d.client_id = c.id WHERE c.id IN ({list})"
         );
-        let rows: Vec<(Vec<u8>, u64, bool)> = self
+        let rows: Vec<(Vec<u8>, u64, u64)> = self
             .timed(async {
                 let mut conn = self.pool.get_conn().await?;
                 conn.query(sql).await
@@ -476,11 +495,12 @@ impl Store {
             .await?;
         Ok(rows
             .into_iter()
-            .filter_map(|(id, epoch, has_pending)| {
+            .filter_map(|(id, epoch, pending)| {
                 Some(SweepRow {
                     client_id: ClientId::from_slice(&id)?,
                     epoch,
-                    has_pending,
+                    has_pending: pending > 0,
+                    pending,
                 })
             })
             .collect())
@@ -495,9 +515,11 @@ impl Store {
         &self,
         fut: impl Future<Output = Result<T, mysql_async::Error>>,
     ) -> Result<T, StoreError> {
-        with_timeout(QUERY_TIMEOUT, fut)
-            .await?
-            .map_err(StoreError::classify)
+        let result = with_timeout(QUERY_TIMEOUT, fut)
+            .await
+            .and_then(|r| r.map_err(StoreError::classify));
+        crate::stats::mysql(&result);
+        result
     }
 }
 

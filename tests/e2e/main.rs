@@ -11,5 +11,8 @@ mod faults;
 mod handshake;
 mod hostile;
 mod lifecycle;
+mod metrics;
+mod proxy;
 mod services_smoke;
 mod session;
+mod tls;
