@@ -9,6 +9,7 @@ mod cluster;
 mod enqueue_cli;
 mod faults;
 mod handshake;
+mod haproxy;
 mod hostile;
 mod lifecycle;
 mod metrics;
