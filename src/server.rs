@@ -338,6 +338,7 @@ async fn admit<S>(
         Verdict::RateLimited => Some(SessionError::RateLimited),
     };
     if let Some(why) = refusal {
+        drop(permit);
         stats::handshake(stats::refusal(&why));
         debug!(peer = %peer, reason = %why, "connection refused");
         return refuse(stream, why).await;

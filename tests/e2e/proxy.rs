@@ -7,6 +7,7 @@ use std::time::Duration;
 use crate::support::client::TestClient;
 use crate::support::node::Env;
 use crate::support::ops::wait_metric;
+use crate::support::tls::{cert_path, key_path, make_cert, TlsClient};
 
 /// A connection that starts with `header` (a PROXY header, or anything else).
 fn connect_with(addr: std::net::SocketAddr, header: &[u8]) -> TestClient {
@@ -103,4 +104,39 @@ fn failed_handshakes_count_against_the_proxied_address() {
     let mut other = connect_with(node.addr(), b"PROXY TCP4 192.0.2.10 127.0.0.1 1 8000\r\n");
     other.expect("GET_CLIENT_ID");
     other.register();
+}
+
+#[test]
+fn the_proxy_header_comes_before_the_tls_handshake() {
+    let env = Env::new("proxy_tls");
+    let dir = tempfile::tempdir().unwrap();
+    let der = make_cert(dir.path(), "chat-test-proxy");
+    let (cert, key) = (cert_path(dir.path()), key_path(dir.path()));
+    let node = env.node(
+        "a",
+        &[
+            "--proxy-protocol",
+            "--ban",
+            "192.0.2.66",
+            "--handshake-timeout",
+            "2",
+            "--tls-port",
+            "0",
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    let tls = std::net::SocketAddr::from(([127, 0, 0, 1], node.logged_port("listening (TLS)")));
+    let mut banned =
+        TlsClient::connect_after(tls, &der, b"PROXY TCP4 192.0.2.66 127.0.0.1 1 8443\r\n").unwrap();
+    banned.expect("ERROR: banned");
+    let mut ok = TlsClient::connect_after(tls, &der, &v2_ipv4([192, 0, 2, 7], 40004)).unwrap();
+    ok.expect("GET_CLIENT_ID");
+    ok.send("NONE");
+    assert!(ok.line().starts_with("SET_CLIENT_ID: "));
+    node.wait_log("192.0.2.7:40004");
+    // Without the header the TLS handshake never completes: the ClientHello is no PROXY header.
+    assert!(TlsClient::connect(tls, &der).is_err());
 }

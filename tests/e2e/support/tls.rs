@@ -128,6 +128,15 @@ pub struct TlsClient {
 impl TlsClient {
     /// Connects and completes the TLS handshake, accepting only the certificate `pinned`.
     pub fn connect(addr: SocketAddr, pinned: &[u8]) -> Result<TlsClient, String> {
+        TlsClient::connect_after(addr, pinned, b"")
+    }
+
+    /// Like `connect`, sending `prefix` (a PROXY header) in the clear before the TLS handshake.
+    pub fn connect_after(
+        addr: SocketAddr,
+        pinned: &[u8],
+        prefix: &[u8],
+    ) -> Result<TlsClient, String> {
         let provider = Arc::new(ring::default_provider());
         let config = ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
@@ -140,8 +149,9 @@ impl TlsClient {
             .with_no_client_auth();
         let name = ServerName::try_from("localhost").unwrap();
         let conn = ClientConnection::new(Arc::new(config), name).unwrap();
-        let tcp =
+        let mut tcp =
             TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| e.to_string())?;
+        tcp.write_all(prefix).map_err(|e| e.to_string())?;
         tcp.set_read_timeout(Some(LINE_TIMEOUT)).unwrap();
         tcp.set_write_timeout(Some(LINE_TIMEOUT)).unwrap();
         let mut stream = StreamOwned::new(conn, tcp);
