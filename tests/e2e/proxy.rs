@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::support::client::TestClient;
 use crate::support::node::Env;
 use crate::support::ops::wait_metric;
-use crate::support::tls::{cert_path, key_path, make_cert, TlsClient};
+use crate::support::tls::{make_cert, tls_node, TlsClient};
 
 /// A connection that starts with `header` (a PROXY header, or anything else).
 fn connect_with(addr: std::net::SocketAddr, header: &[u8]) -> TestClient {
@@ -111,24 +111,17 @@ fn the_proxy_header_comes_before_the_tls_handshake() {
     let env = Env::new("proxy_tls");
     let dir = tempfile::tempdir().unwrap();
     let der = make_cert(dir.path(), "chat-test-proxy");
-    let (cert, key) = (cert_path(dir.path()), key_path(dir.path()));
-    let node = env.node(
-        "a",
+    let (node, tls) = tls_node(
+        &env,
+        dir.path(),
         &[
             "--proxy-protocol",
             "--ban",
             "192.0.2.66",
             "--handshake-timeout",
             "2",
-            "--tls-port",
-            "0",
-            "--tls-cert",
-            cert.to_str().unwrap(),
-            "--tls-key",
-            key.to_str().unwrap(),
         ],
     );
-    let tls = std::net::SocketAddr::from(([127, 0, 0, 1], node.logged_port("listening (TLS)")));
     let mut banned =
         TlsClient::connect_after(tls, &der, b"PROXY TCP4 192.0.2.66 127.0.0.1 1 8443\r\n").unwrap();
     banned.expect("ERROR: banned");

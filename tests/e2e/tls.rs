@@ -5,28 +5,10 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 
-use crate::support::node::{run_with_timeout, signal, Env, Node};
-use crate::support::tls::{cert_path, key_path, make_cert, TlsClient};
+use crate::support::node::{run_with_timeout, signal, Env};
+use crate::support::tls::{cert_path, key_path, make_cert, tls_node, TlsClient};
 
 const SERVER: &str = env!("CARGO_BIN_EXE_chat-server");
-
-fn tls_node(env: &Env, dir: &std::path::Path) -> (Node, SocketAddr) {
-    let cert = cert_path(dir);
-    let key = key_path(dir);
-    let node = env.node(
-        "a",
-        &[
-            "--tls-port",
-            "0",
-            "--tls-cert",
-            cert.to_str().unwrap(),
-            "--tls-key",
-            key.to_str().unwrap(),
-        ],
-    );
-    let port = node.logged_port("listening (TLS)");
-    (node, SocketAddr::from(([127, 0, 0, 1], port)))
-}
 
 /// `openssl s_client` to `addr` with `input` on its stdin; its stdout (certificate text with
 /// `quiet == false`, only the session's bytes with `quiet`).
@@ -73,7 +55,7 @@ fn the_protocol_works_over_tls_with_openssl_and_rustls() {
     let env = Env::new("tls_proto");
     let dir = tempfile::tempdir().unwrap();
     let der = make_cert(dir.path(), "chat-test-one");
-    let (node, tls_addr) = tls_node(&env, dir.path());
+    let (node, tls_addr) = tls_node(&env, dir.path(), &[]);
 
     // The real openssl binary: a whole session, typed lines with LF.
     let out = s_client(tls_addr, "NONE\nPING\nDISCONNECT\n", true);
@@ -105,7 +87,7 @@ fn sighup_reloads_the_certificate_and_keeps_sessions() {
     let env = Env::new("tls_reload");
     let dir = tempfile::tempdir().unwrap();
     let first = make_cert(dir.path(), "chat-test-first");
-    let (node, tls_addr) = tls_node(&env, dir.path());
+    let (node, tls_addr) = tls_node(&env, dir.path(), &[]);
 
     let mut old = TlsClient::connect(tls_addr, &first).expect("TLS handshake");
     old.expect("GET_CLIENT_ID");

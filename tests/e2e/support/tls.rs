@@ -19,7 +19,7 @@ use tokio_rustls::rustls::{
 };
 
 use super::client::LINE_TIMEOUT;
-use super::node::run_with_timeout;
+use super::node::{run_with_timeout, Env, Node};
 
 /// Writes a fresh self-signed EC certificate for `CN=<common_name>` to `dir/cert.pem` and
 /// `dir/key.pem` (replacing what is there); returns the certificate's DER.
@@ -52,6 +52,24 @@ pub fn der(pem: &Path) -> Vec<u8> {
         .unwrap()
         .unwrap()
         .to_vec()
+}
+
+/// Starts a node with a TLS listener on the certificate in `dir` (`make_cert`), `extra` flags
+/// last; returns it and the TLS listener's address.
+pub fn tls_node(env: &Env, dir: &Path, extra: &[&str]) -> (Node, SocketAddr) {
+    let (cert, key) = (cert_path(dir), key_path(dir));
+    let mut args = vec![
+        "--tls-port",
+        "0",
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let node = env.node("a", &args);
+    let port = node.logged_port("listening (TLS)");
+    (node, SocketAddr::from(([127, 0, 0, 1], port)))
 }
 
 pub fn cert_path(dir: &Path) -> PathBuf {
