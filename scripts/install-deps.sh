@@ -2,6 +2,7 @@
 # Install, only when missing, the system packages this project needs:
 #   - MariaDB server + client (mariadbd, mariadb-install-db, mariadb)
 #   - Redis (redis-server, redis-cli)
+#   - HAProxy (haproxy; the load-balancer test runs deploy/haproxy.cfg)
 #   - telnet (optional, for talking to the chat server by hand)
 #   - with --bench: Mosquitto (the peer `make bench` compares against)
 # Idempotent and fast (<1 s) when everything is already present.
@@ -22,6 +23,7 @@ REQUIRED=(
     "mariadb-server:mariadbd mariadb-install-db"
     "mariadb-client:mariadb"
     "redis-server:redis-server redis-cli"
+    "haproxy:haproxy"
 )
 OPTIONAL=(
     "telnet:telnet"

@@ -353,10 +353,12 @@ async fn timed<T>(
     limit: Duration,
     fut: impl std::future::Future<Output = Result<T, redis::RedisError>>,
 ) -> Result<T, BusError> {
-    tokio::time::timeout(limit, fut)
-        .await
-        .map_err(|_| BusError::Timeout(limit))?
-        .map_err(BusError::from)
+    let result = match tokio::time::timeout(limit, fut).await {
+        Ok(r) => r.map_err(BusError::from),
+        Err(_) => Err(BusError::Timeout(limit)),
+    };
+    crate::stats::redis(&result);
+    result
 }
 
 #[cfg(test)]

@@ -67,6 +67,8 @@ pub struct NodeConfig {
     pub max_inflight: usize,
     pub handoff_timeout: Duration,
     pub node_ttl: Duration,
+    /// Whether every connection starts with a PROXY protocol (v1 or v2) header.
+    pub proxy_protocol: bool,
 }
 
 impl NodeConfig {
@@ -85,6 +87,7 @@ impl NodeConfig {
             max_inflight: DEFAULT_MAX_INFLIGHT,
             handoff_timeout: DEFAULT_HANDOFF_TIMEOUT,
             node_ttl: DEFAULT_NODE_TTL,
+            proxy_protocol: false,
         }
     }
 }

@@ -210,6 +210,7 @@ mod tests {
             body: vec![],
             dropped: false,
             expires_in_us: None,
+            enqueued_at_us: 0,
         })
         .collect()
     }

@@ -11,6 +11,9 @@
 //! - [`batcher`]: group commit: the MySQL reads and writes of many sessions as one statement.
 //! - [`server`]: listeners, accept loop, background sweeps, shutdown.
 //! - [`admission`]: ban list and the per-address limit on failed handshakes.
+//! - [`proxy`]: the PROXY protocol header (v1, v2) a load balancer sends first.
+//! - [`tls`]: the TLS listener's certificate, reloaded on SIGHUP.
+//! - [`stats`]: Prometheus metrics: names and recording calls; [`http`]: `/metrics`, `/healthz`, `/readyz`.
 //! - [`enqueue`]: the producer API behind `chat-enqueue`.
 //! - [`config`], [`logging`]: settings and log output shared by the binaries.
 #![forbid(unsafe_code)]
@@ -22,12 +25,16 @@ pub mod codec;
 pub mod config;
 pub mod delivery;
 pub mod enqueue;
+pub mod http;
 pub mod logging;
 pub mod protocol;
+pub mod proxy;
 pub mod registry;
 pub mod server;
 pub mod session;
+pub mod stats;
 pub mod store;
+pub mod tls;
 
 mod client_id;
 

@@ -2,14 +2,15 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use socket2::{Domain, SockRef, Socket, TcpKeepalive, Type};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
@@ -19,9 +20,12 @@ use crate::batcher::{Batcher, Claims, Cursors, Fetches};
 use crate::bus::{Bus, Note, Owner};
 use crate::config::NodeConfig;
 use crate::protocol::{Reply, SessionError};
+use crate::proxy::{self, Proxied};
 use crate::registry::Registry;
 use crate::session;
+use crate::stats;
 use crate::store::{self, Store};
+use crate::tls::Tls;
 
 /// Everything the sessions of one node share.
 pub struct Node {
@@ -42,6 +46,10 @@ pub struct Node {
     renew_now: Notify,
     /// Asks for the heartbeat to be written now (same reason).
     heartbeat_now: Notify,
+    /// The certificate of the TLS listeners, if any.
+    pub tls: Option<Tls>,
+    /// Set when a graceful shutdown begins: `/readyz` answers 503 from then on.
+    draining: AtomicBool,
 }
 
 impl Node {
@@ -61,6 +69,33 @@ impl Node {
             sweep_now: Notify::new(),
             renew_now: Notify::new(),
             heartbeat_now: Notify::new(),
+            tls: None,
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    /// Marks the node as shutting down, for `/readyz` (load balancers stop sending clients).
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether a graceful shutdown has begun.
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Re-reads the TLS certificate and key (SIGHUP); on error the previous ones stay in use.
+    pub fn reload_tls(&self) {
+        let Some(tls) = &self.tls else { return };
+        match tls.reload() {
+            Ok(()) => {
+                stats::tls_reload(true);
+                info!("TLS certificate reloaded");
+            }
+            Err(e) => {
+                stats::tls_reload(false);
+                error!(error = %e, "TLS certificate not reloaded; the previous one stays");
+            }
         }
     }
 
@@ -118,6 +153,16 @@ fn listen(addr: SocketAddr, dual_stack: bool) -> io::Result<TcpListener> {
 
 /// Runs the node on `listeners` until `shutdown` is cancelled, then drains its sessions.
 pub async fn run(listeners: Vec<TcpListener>, node: Arc<Node>, shutdown: CancellationToken) {
+    run_with_tls(listeners, Vec::new(), node, shutdown).await
+}
+
+/// Like [`run`], with `tls_listeners` speaking the same protocol inside TLS (`node.tls`).
+pub async fn run_with_tls(
+    listeners: Vec<TcpListener>,
+    tls_listeners: Vec<TcpListener>,
+    node: Arc<Node>,
+    shutdown: CancellationToken,
+) {
     let background = CancellationToken::new();
     let tasks = TaskTracker::new();
     tasks.spawn(listen_notifications(node.clone(), background.clone()));
@@ -129,12 +174,16 @@ pub async fn run(listeners: Vec<TcpListener>, node: Arc<Node>, shutdown: Cancell
     let sessions = TaskTracker::new();
     let permits = Arc::new(Semaphore::new(node.config.max_connections));
     let acceptors = TaskTracker::new();
-    for listener in listeners {
+    let plain = listeners.into_iter().map(|l| (l, false));
+    let tls = tls_listeners.into_iter().map(|l| (l, true));
+    for (listener, tls) in plain.chain(tls) {
         if let Ok(addr) = listener.local_addr() {
-            info!(addr = %addr, node_id = %node.config.node_id, "listening");
+            let what = if tls { "listening (TLS)" } else { "listening" };
+            info!(addr = %addr, node_id = %node.config.node_id, "{what}");
         }
         acceptors.spawn(accept_loop(
             listener,
+            tls,
             node.clone(),
             permits.clone(),
             sessions.clone(),
@@ -143,6 +192,7 @@ pub async fn run(listeners: Vec<TcpListener>, node: Arc<Node>, shutdown: Cancell
     }
     acceptors.close();
     acceptors.wait().await;
+    node.start_draining();
 
     info!(
         sessions = sessions.len(),
@@ -166,6 +216,7 @@ pub async fn run(listeners: Vec<TcpListener>, node: Arc<Node>, shutdown: Cancell
 
 async fn accept_loop(
     listener: TcpListener,
+    tls: bool,
     node: Arc<Node>,
     permits: Arc<Semaphore>,
     sessions: TaskTracker,
@@ -186,30 +237,114 @@ async fn accept_loop(
             }
         };
         tune(&stream);
-        let refusal = match node.admission.check_addr(peer.ip()) {
-            Verdict::Allow => None,
-            Verdict::Banned => Some(SessionError::Banned),
-            Verdict::RateLimited => Some(SessionError::RateLimited),
+        // Taken here, so that connections still in their PROXY header or TLS handshake count too.
+        let permit = permits.clone().try_acquire_owned().ok();
+        sessions.spawn(connection(
+            stream,
+            peer,
+            tls,
+            permit,
+            node.clone(),
+            shutdown.clone(),
+        ));
+    }
+}
+
+/// One accepted connection: its PROXY header (`--proxy-protocol`), its TLS handshake (TLS
+/// listener), both within the handshake timeout, then admission and the session.
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: bool,
+    permit: Option<OwnedSemaphorePermit>,
+    node: Arc<Node>,
+    shutdown: CancellationToken,
+) {
+    if !tls && !node.config.proxy_protocol {
+        return admit(stream, peer, permit, node, shutdown).await;
+    }
+    // Boxed: a plain connection's task then carries none of this state.
+    Box::pin(unwrap(stream, peer, tls, permit, node, shutdown)).await
+}
+
+/// The PROXY header and the TLS handshake, before admission.
+async fn unwrap(
+    mut stream: TcpStream,
+    mut peer: SocketAddr,
+    tls: bool,
+    permit: Option<OwnedSemaphorePermit>,
+    node: Arc<Node>,
+    shutdown: CancellationToken,
+) {
+    let limit = node.config.handshake_timeout;
+    if node.config.proxy_protocol {
+        let header = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            header = tokio::time::timeout(limit, proxy::read_header(&mut stream)) => header,
         };
-        if let Some(why) = refusal {
-            debug!(peer = %peer, reason = %why, "connection refused");
-            sessions.spawn(refuse(stream, why));
-            continue;
-        }
-        match permits.clone().try_acquire_owned() {
-            Ok(permit) => {
-                let node = node.clone();
-                let shutdown = shutdown.clone();
-                sessions.spawn(async move {
-                    session::run(stream, node, shutdown).await;
-                    drop(permit);
-                });
+        match header {
+            Ok(Ok(Proxied::Source(source))) => peer = source,
+            Ok(Ok(Proxied::Unknown)) => {}
+            Ok(Err(e)) => {
+                stats::proxy_header_rejected();
+                warn!(peer = %peer, error = %e, "connection closed: no valid PROXY header");
+                return;
             }
             Err(_) => {
-                sessions.spawn(refuse(stream, SessionError::ServerFull));
+                stats::proxy_header_rejected();
+                warn!(peer = %peer, "connection closed: no PROXY header within the handshake timeout");
+                return;
             }
         }
     }
+    // Boxed: the session's state does not carry the handshake's, nor the other way round.
+    if !tls {
+        return Box::pin(admit(stream, peer, permit, node, shutdown)).await;
+    }
+    let Some(acceptor) = node.tls.as_ref().map(Tls::acceptor) else {
+        return;
+    };
+    let accepted = tokio::select! {
+        _ = shutdown.cancelled() => return,
+        accepted = tokio::time::timeout(limit, Box::pin(acceptor.accept(stream))) => accepted,
+    };
+    match accepted {
+        Ok(Ok(stream)) => Box::pin(admit(stream, peer, permit, node, shutdown)).await,
+        Ok(Err(e)) => {
+            stats::handshake("tls_failed");
+            debug!(peer = %peer, error = %e, "TLS handshake failed");
+        }
+        Err(_) => {
+            stats::handshake("tls_failed");
+            debug!(peer = %peer, "TLS handshake timed out");
+        }
+    }
+}
+
+/// Refuses a banned, rate-limited or surplus connection with one line; serves the others.
+async fn admit<S>(
+    stream: S,
+    peer: SocketAddr,
+    permit: Option<OwnedSemaphorePermit>,
+    node: Arc<Node>,
+    shutdown: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let refusal = match node.admission.check_addr(peer.ip()) {
+        Verdict::Allow if permit.is_none() => Some(SessionError::ServerFull),
+        Verdict::Allow => None,
+        Verdict::Banned => Some(SessionError::Banned),
+        Verdict::RateLimited => Some(SessionError::RateLimited),
+    };
+    if let Some(why) = refusal {
+        drop(permit);
+        stats::handshake(stats::refusal(&why));
+        debug!(peer = %peer, reason = %why, "connection refused");
+        return refuse(stream, why).await;
+    }
+    session::run(stream, peer, node, shutdown).await;
+    drop(permit);
 }
 
 /// Low latency for small lines, and keepalive probes to find peers that vanished.
@@ -223,18 +358,27 @@ fn tune(stream: &TcpStream) {
 }
 
 /// Answers a connection that is not admitted with one `ERROR:` line, then closes it.
-async fn refuse(mut stream: TcpStream, why: SessionError) {
+async fn refuse<S: AsyncWrite>(stream: S, why: SessionError) {
+    let mut stream = std::pin::pin!(stream);
     let line = Reply::Error(&why).to_bytes();
-    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&line)).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        stream.write_all(&line).await?;
+        stream.shutdown().await
+    })
+    .await;
 }
 
 /// Receives this node's notifications from Redis; resubscribes with backoff when Redis goes away.
 async fn listen_notifications(node: Arc<Node>, stop: CancellationToken) {
     let mut backoff = Duration::from_millis(100);
+    let mut first = true;
     loop {
         match node.bus.subscribe(&node.config.node_id).await {
             Ok(notes) => {
                 info!("subscribed to this node's channel");
+                if !std::mem::take(&mut first) {
+                    stats::redis_reconnected();
+                }
                 backoff = Duration::from_millis(100);
                 // Anything published while we were not subscribed is lost: look in MySQL now. And
                 // a Redis that restarted lost the leases and the heartbeat: write them again, so
@@ -250,6 +394,7 @@ async fn listen_notifications(node: Arc<Node>, stop: CancellationToken) {
                     };
                     match note {
                         Some(Some(Note::Wake(ids))) => {
+                            stats::notifications(ids.len());
                             for id in ids {
                                 node.registry.wake(id);
                             }
@@ -284,10 +429,12 @@ async fn sweep(node: Arc<Node>, stop: CancellationToken) {
         }
         let sessions = node.registry.snapshot();
         if sessions.is_empty() {
+            stats::pending(0);
             continue;
         }
         let ids: Vec<_> = sessions.iter().map(|(id, _)| *id).collect();
         let (mut woken, mut kicked) = (0usize, 0usize);
+        let (mut pending, mut found) = (0u64, 0u64);
         // Chunk by chunk, so that one failed query skips only its own sessions.
         for chunk in ids.chunks(store::SWEEP_CHUNK) {
             let rows = match node.store.sweep(chunk).await {
@@ -300,11 +447,17 @@ async fn sweep(node: Arc<Node>, stop: CancellationToken) {
             for row in rows {
                 if node.registry.kick(row.client_id, row.epoch) {
                     kicked += 1;
-                } else if row.has_pending && node.registry.wake(row.client_id) {
-                    woken += 1;
+                } else {
+                    pending += row.pending;
+                    if row.has_pending && node.registry.wake(row.client_id) {
+                        woken += 1;
+                        found += row.pending;
+                    }
                 }
             }
         }
+        stats::pending(pending);
+        stats::sweep(found);
         debug!(sessions = ids.len(), woken, kicked, "sweep done");
     }
 }

@@ -5,9 +5,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use futures::StreamExt;
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::time::{sleep_until, timeout, Instant};
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
@@ -19,6 +17,7 @@ use crate::delivery::Cursor;
 use crate::protocol::{self, ByeReason, Command, Identity, Reply, SessionError};
 use crate::registry::Registration;
 use crate::server::Node;
+use crate::stats;
 use crate::store::{Acquire, Claim, Fetch};
 use crate::ClientId;
 
@@ -42,12 +41,19 @@ enum End {
     WriteTimeout,
 }
 
-/// Serves one accepted connection until it ends.
-pub async fn run(stream: TcpStream, node: Arc<Node>, shutdown: CancellationToken) {
-    let peer = stream.peer_addr().ok();
+/// Serves one accepted connection (plain TCP or TLS) from `peer` until it ends.
+pub async fn run<S>(
+    stream: S,
+    peer: std::net::SocketAddr,
+    node: Arc<Node>,
+    shutdown: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let peer = Some(peer);
     let span = tracing::info_span!("session", peer = ?peer, client_id = tracing::field::Empty);
     async move {
-        let (read, write) = stream.into_split();
+        let (read, write) = tokio::io::split(stream);
         let mut session = Session {
             reader: FramedRead::with_capacity(
                 read,
@@ -65,16 +71,16 @@ pub async fn run(stream: TcpStream, node: Arc<Node>, shutdown: CancellationToken
     .await
 }
 
-struct Session {
+struct Session<S> {
     node: Arc<Node>,
-    reader: FramedRead<OwnedReadHalf, LineCodec>,
-    writer: OwnedWriteHalf,
+    reader: FramedRead<ReadHalf<S>, LineCodec>,
+    writer: WriteHalf<S>,
     /// Lines rendered and not yet written.
     out: BytesMut,
     peer: Option<std::net::IpAddr>,
 }
 
-impl Session {
+impl<S: AsyncRead + AsyncWrite> Session<S> {
     async fn serve(&mut self, shutdown: CancellationToken) {
         self.out_reply(Reply::GetClientId);
         if self.flush().await.is_err() {
@@ -84,11 +90,13 @@ impl Session {
             Ok(Some(found)) => found,
             Ok(None) => return,
             Err(e) => {
+                stats::handshake(stats::refusal(&e));
                 let _ = self.send_error(&e).await;
                 debug!(error = %e, "handshake refused");
                 return;
             }
         };
+        stats::handshake(if claim.epoch == 1 { "new" } else { "resumed" });
         tracing::Span::current().record("client_id", tracing::field::display(id));
         let reg = self.node.registry.register(id, claim.epoch);
         let owner = Owner {
@@ -105,11 +113,14 @@ impl Session {
         let mut cursor = Cursor::new(&claim, window, Instant::now() + config.handoff_timeout);
         // First round: everything pending since the last session.
         reg.wake.notify_one();
+        stats::session_opened();
         let end = match self.flush().await {
             Ok(()) => self.established(&reg, &mut cursor, &shutdown).await,
             Err(end) => end,
         };
         Box::pin(self.finish(&reg, &owner, &mut cursor, &end)).await;
+        stats::redelivered(cursor.sent.saturating_sub(cursor.done()));
+        stats::session_closed();
     }
 
     /// Reads the answer to `GET_CLIENT_ID` and claims the client. `Ok(None)`: the peer left.
@@ -238,6 +249,7 @@ impl Session {
             }
             Ok(Command::Ack(id)) => match cursor.ack(id) {
                 Ok(window_opened) => {
+                    stats::acknowledged();
                     if window_opened {
                         reg.wake.notify_one();
                     }
@@ -294,6 +306,7 @@ impl Session {
             cursor.failed();
             return Ok(());
         }
+        stats::fetched(messages.len());
         let mut dropped = 0;
         for message in &messages {
             if message.dropped {
@@ -315,6 +328,7 @@ impl Session {
             self.out_reply(Reply::Dropped(dropped));
         }
         self.flush().await?;
+        stats::delivered(&messages, cursor.acknowledged());
         cursor.written(&messages);
         debug!(count = messages.len(), seq = cursor.sent, "written");
         if messages.len() == room {

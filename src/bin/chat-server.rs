@@ -1,7 +1,8 @@
 //! `chat-server`: one delivery node. Flags and environment -> config -> `server::run` until SIGINT/SIGTERM.
 #![forbid(unsafe_code)]
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +18,9 @@ use chat::bus::Bus;
 use chat::config::{self, redact_url, NodeConfig, ServiceUrls};
 use chat::logging::{self, LogFormat};
 use chat::server::{self, Node};
+use chat::stats;
 use chat::store::Store;
+use chat::tls::Tls;
 
 /// A store-and-forward delivery node. Clients connect with telnet; messages come from chat-enqueue.
 #[derive(Debug, Parser)]
@@ -93,6 +96,36 @@ struct Args {
     /// MySQL connections this node keeps at most.
     #[arg(long, env = "CHAT_DB_POOL", default_value_t = config::DEFAULT_DB_POOL)]
     db_pool: usize,
+    /// Address of the operations port: Prometheus `/metrics`, `/healthz`, `/readyz` (e.g.
+    /// 127.0.0.1:9108). Default: off.
+    #[arg(long, env = "CHAT_METRICS_ADDR")]
+    metrics_addr: Option<SocketAddr>,
+    /// Seconds between a shutdown signal and closing the listeners, while `/readyz` already says
+    /// 503, so that a load balancer stops sending clients first.
+    #[arg(long, env = "CHAT_DRAIN_DELAY", value_parser = seconds_or_zero, default_value = "0")]
+    drain_delay: Duration,
+    /// TCP port of a TLS listener (same protocol, same addresses as --bind; 0 picks a free one).
+    /// Needs --tls-cert and --tls-key. Default: no TLS listener.
+    #[arg(long, env = "CHAT_TLS_PORT", requires_all = ["tls_cert", "tls_key"])]
+    tls_port: Option<u16>,
+    /// PEM file with the TLS certificate chain (server certificate first). Re-read on SIGHUP.
+    #[arg(long, env = "CHAT_TLS_CERT", requires = "tls_port")]
+    tls_cert: Option<PathBuf>,
+    /// PEM file with the TLS private key (PKCS#8, PKCS#1 or SEC1). Re-read on SIGHUP.
+    #[arg(long, env = "CHAT_TLS_KEY", requires = "tls_port")]
+    tls_key: Option<PathBuf>,
+    /// Every connection must start with a PROXY protocol v1 or v2 header (behind HAProxy with
+    /// send-proxy-v2); bans and limits then apply to the address it names. Connections without a
+    /// valid header are closed.
+    #[arg(long, env = "CHAT_PROXY_PROTOCOL")]
+    proxy_protocol: bool,
+}
+
+fn seconds_or_zero(s: &str) -> Result<Duration, String> {
+    if s.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    seconds(s)
 }
 
 fn seconds(s: &str) -> Result<Duration, String> {
@@ -136,6 +169,10 @@ async fn serve(args: Args) -> Result<()> {
         window: args.failed_handshake_window,
     })
     .map_err(anyhow::Error::msg)?;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(Tls::load(cert, key)?),
+        _ => None,
+    };
     let db = redact_url(&args.urls.database_url);
     let applied = Store::migrate(&args.urls.database_url)
         .await
@@ -155,7 +192,21 @@ async fn serve(args: Args) -> Result<()> {
     bus.ping()
         .await
         .with_context(|| format!("cannot reach Redis at {redis}"))?;
+    let metrics = match args.metrics_addr {
+        Some(addr) => {
+            let handle = stats::install().map_err(anyhow::Error::msg)?;
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on --metrics-addr {addr}"))?;
+            Some((listener, handle))
+        }
+        None => None,
+    };
     let listeners = server::bind(&args.bind, args.port)?;
+    let tls_listeners = match args.tls_port {
+        Some(port) => server::bind(&args.bind, port)?,
+        None => Vec::new(),
+    };
 
     let mut config = NodeConfig::new(node_id);
     config.max_line = args.max_line.max(16);
@@ -169,16 +220,25 @@ async fn serve(args: Args) -> Result<()> {
     config.max_inflight = args.max_inflight;
     config.handoff_timeout = args.handoff_timeout;
     config.node_ttl = args.node_ttl;
-    let node = Arc::new(Node::new(config, store, bus, admission));
+    config.proxy_protocol = args.proxy_protocol;
+    let mut node = Node::new(config, store, bus, admission);
+    node.tls = tls;
+    let node = Arc::new(node);
 
+    if let Some((listener, handle)) = metrics {
+        if let Ok(addr) = listener.local_addr() {
+            info!(addr = %addr, "metrics listening");
+        }
+        tokio::spawn(chat::http::serve(listener, node.clone(), handle));
+    }
     let shutdown = CancellationToken::new();
-    tokio::spawn(on_signals(shutdown.clone()));
+    tokio::spawn(on_signals(node.clone(), args.drain_delay, shutdown.clone()));
     tokio::spawn(on_hangup(node.clone()));
-    server::run(listeners, node, shutdown).await;
+    server::run_with_tls(listeners, tls_listeners, node, shutdown).await;
     Ok(())
 }
 
-/// SIGHUP re-reads the ban list.
+/// SIGHUP re-reads the ban list and the TLS certificate.
 async fn on_hangup(node: Arc<Node>) {
     let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
         warn!("cannot listen for SIGHUP; the ban list will not be reloaded");
@@ -186,11 +246,13 @@ async fn on_hangup(node: Arc<Node>) {
     };
     while hup.recv().await.is_some() {
         node.reload_bans();
+        node.reload_tls();
     }
 }
 
-/// The first SIGINT/SIGTERM starts a graceful shutdown; a second one exits at once.
-async fn on_signals(shutdown: CancellationToken) {
+/// The first SIGINT/SIGTERM starts a graceful shutdown (`/readyz` turns 503 at once, the listeners
+/// close after `drain_delay`); a second one exits at once.
+async fn on_signals(node: Arc<Node>, drain_delay: Duration, shutdown: CancellationToken) {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(term) => term,
         Err(e) => {
@@ -204,8 +266,13 @@ async fn on_signals(shutdown: CancellationToken) {
             _ = term.recv() => {}
         }
         if round == 0 {
-            info!("signal received: shutting down gracefully");
-            shutdown.cancel();
+            info!(drain_delay = ?drain_delay, "signal received: shutting down gracefully");
+            node.start_draining();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(drain_delay).await;
+                shutdown.cancel();
+            });
         } else {
             warn!("second signal: exiting now");
             std::process::exit(130);

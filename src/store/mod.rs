@@ -78,26 +78,30 @@ pub struct Pending {
     pub dropped: bool,
     /// Microseconds left before the message expires, as MySQL saw it when reading (`None`: no TTL).
     pub expires_in_us: Option<i64>,
+    /// When it was enqueued (committed), in microseconds since the Unix epoch (MySQL's clock).
+    pub enqueued_at_us: u64,
 }
 
 /// The columns of a pending-message read after `client_id`: seq, id, body (empty once dropped),
-/// whether it was dropped, microseconds to its expiry.
+/// whether it was dropped, microseconds to its expiry, enqueue time in microseconds.
 const PENDING_COLUMNS: &str = "seq, id, IF(dropped = 0, body, ''), dropped <> 0, \
-     TIMESTAMPDIFF(MICROSECOND, NOW(6), expires_at)";
+     TIMESTAMPDIFF(MICROSECOND, NOW(6), expires_at), \
+     CAST(UNIX_TIMESTAMP(enqueued_at) * 1000000 AS UNSIGNED)";
 
 /// Microseconds to a message's expiry (`None`: no TTL).
 type ExpiresIn = Option<i64>;
-type PendingRow = (u64, u64, Vec<u8>, bool, ExpiresIn);
+type PendingRow = (u64, u64, Vec<u8>, bool, ExpiresIn, u64);
 /// A [`PendingRow`] led by its client id.
-type ClientPendingRow = (Vec<u8>, u64, u64, Vec<u8>, bool, ExpiresIn);
+type ClientPendingRow = (Vec<u8>, u64, u64, Vec<u8>, bool, ExpiresIn, u64);
 
-fn pending((seq, id, body, dropped, expires_in_us): PendingRow) -> Pending {
+fn pending((seq, id, body, dropped, expires_in_us, enqueued_at_us): PendingRow) -> Pending {
     Pending {
         seq,
         id,
         body,
         dropped,
         expires_in_us,
+        enqueued_at_us,
     }
 }
 
@@ -166,6 +170,8 @@ pub struct SweepRow {
     pub client_id: ClientId,
     pub epoch: u64,
     pub has_pending: bool,
+    /// How many messages are pending.
+    pub pending: u64,
 }
 
 /// The MySQL connection pool and the queries on it.
@@ -364,11 +370,11 @@ impl Store {
             .map(|(id, epoch, last)| (id, (epoch, last)))
             .collect();
         let mut pages: HashMap<Vec<u8>, Vec<Pending>> = HashMap::new();
-        for (client, seq, id, body, dropped, expires) in rows {
+        for (client, seq, id, body, dropped, expires, enqueued) in rows {
             pages
                 .entry(client)
                 .or_default()
-                .push(pending((seq, id, body, dropped, expires)));
+                .push(pending((seq, id, body, dropped, expires, enqueued)));
         }
         let mut out = Vec::with_capacity(requests.len());
         for (id, epoch, after, limit) in requests {
@@ -575,10 +581,10 @@ impl Store {
     pub async fn sweep(&self, ids: &[ClientId]) -> Result<Vec<SweepRow>, StoreError> {
         let list = hex_list(ids);
         let sql = format!(
-            "SELECT c.id, c.session_epoch, c.last_seq > d.delivered_seq \
+            "SELECT c.id, c.session_epoch, GREATEST(c.last_seq, d.delivered_seq) - d.delivered_seq \
              FROM clients c JOIN cursors d ON d.client_id = c.id WHERE c.id IN ({list})"
         );
-        let rows: Vec<(Vec<u8>, u64, bool)> = self
+        let rows: Vec<(Vec<u8>, u64, u64)> = self
             .timed(async {
                 let mut conn = self.pool.get_conn().await?;
                 conn.query(sql).await
@@ -586,11 +592,12 @@ impl Store {
             .await?;
         Ok(rows
             .into_iter()
-            .filter_map(|(id, epoch, has_pending)| {
+            .filter_map(|(id, epoch, pending)| {
                 Some(SweepRow {
                     client_id: ClientId::from_slice(&id)?,
                     epoch,
-                    has_pending,
+                    has_pending: pending > 0,
+                    pending,
                 })
             })
             .collect())
@@ -605,9 +612,11 @@ impl Store {
         &self,
         fut: impl Future<Output = Result<T, mysql_async::Error>>,
     ) -> Result<T, StoreError> {
-        with_timeout(QUERY_TIMEOUT, fut)
-            .await?
-            .map_err(StoreError::classify)
+        let result = with_timeout(QUERY_TIMEOUT, fut)
+            .await
+            .and_then(|r| r.map_err(StoreError::classify));
+        crate::stats::mysql(&result);
+        result
     }
 }
 

@@ -3,5 +3,7 @@
 
 pub mod client;
 pub mod node;
+pub mod ops;
 pub mod services;
 pub mod stream;
+pub mod tls;

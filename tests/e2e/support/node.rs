@@ -291,6 +291,42 @@ impl Node {
             .expect("VmRSS")
     }
 
+    /// The port in the `addr` field of the first log event with this message (e.g. `"metrics
+    /// listening"`, `"listening (TLS)"`), waiting up to 30 s for it.
+    pub fn logged_port(&self, message: &str) -> u16 {
+        let needle = format!("\"message\":\"{message}\"");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let found = self
+                .log()
+                .lines()
+                .find(|l| l.contains(&needle))
+                .and_then(listening_port);
+            if let Some(port) = found {
+                return port;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {message:?} in the log:\n{}",
+                self.log()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits up to 30 s until the log contains `text`.
+    pub fn wait_log(&self, text: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.log().contains(text) {
+            assert!(
+                Instant::now() < deadline,
+                "{text:?} not in the log:\n{}",
+                self.log()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Everything the node logged so far.
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()

@@ -1,0 +1,121 @@
+//! The operations port: Prometheus metrics that move with real deliveries, health and readiness.
+
+use std::time::{Duration, Instant};
+
+use crate::support::node::{signal, Env};
+use crate::support::ops::{get, scrape, wait_metric};
+
+#[test]
+fn metrics_count_a_real_delivery() {
+    let env = Env::new("metrics_delivery");
+    let node = env.node("a", &["--metrics-addr", "127.0.0.1:0"]);
+    let port = node.logged_port("metrics listening");
+
+    let before = scrape(port);
+    assert_eq!(before.value("chat_sessions_open"), 0.0, "{}", before.0);
+
+    // A plain session: three messages.
+    let mut plain = node.connect();
+    let id = plain.register();
+    wait_metric(port, "chat_sessions_open", 1.0);
+    for text in ["one", "two", "three"] {
+        env.enqueue(&id, text);
+    }
+    assert_eq!(plain.messages(3), vec!["one", "two", "three"]);
+    let m = wait_metric(port, "chat_messages_delivered_total{mode=\"plain\"}", 3.0);
+    assert_eq!(
+        m.value("chat_messages_delivered_total{mode=\"plain\"}"),
+        3.0
+    );
+    assert_eq!(m.value("chat_messages_fetched_total"), 3.0);
+    assert_eq!(m.value("chat_delivery_latency_seconds_count"), 3.0);
+    assert!(m.value("chat_delivery_latency_seconds_sum") >= 0.0);
+    assert_eq!(m.value("chat_handshakes_total{outcome=\"new\"}"), 1.0);
+    // Each enqueue sent one wake to this node (the sweep may have woken the session as well).
+    let m = wait_metric(port, "chat_notifications_received_total", 3.0);
+    assert_eq!(m.value("chat_notifications_received_total"), 3.0);
+
+    // An acknowledged session: two messages, one acknowledged, one left for the next session.
+    let mut acked = node.connect();
+    let ack_id = acked.register_ack();
+    wait_metric(port, "chat_sessions_open", 2.0);
+    let first = env.enqueue(&ack_id, "a1");
+    env.enqueue(&ack_id, "a2");
+    assert_eq!(acked.line(), format!("MESSAGE {first}: a1"));
+    assert!(acked.line().ends_with(": a2"));
+    acked.send(&format!("ACK {first}"));
+    acked.send("DISCONNECT");
+    acked.expect("BYE: disconnected");
+    let m = wait_metric(port, "chat_messages_redelivered_total", 1.0);
+    assert_eq!(m.value("chat_messages_acknowledged_total"), 1.0);
+    assert_eq!(m.value("chat_messages_redelivered_total"), 1.0);
+    assert_eq!(m.value("chat_messages_delivered_total{mode=\"ack\"}"), 2.0);
+    assert_eq!(
+        m.value("chat_messages_delivered_total{mode=\"plain\"}"),
+        3.0
+    );
+
+    // Refusals are counted by outcome; the resumed session by its own.
+    let mut bad = node.connect();
+    bad.send("not-an-id");
+    assert!(bad.line().starts_with("ERROR: malformed client id"));
+    let mut again = node.connect();
+    again.resume(&ack_id);
+    assert!(
+        again.line().ends_with(": a2"),
+        "the unacknowledged message comes again"
+    );
+    let m = wait_metric(port, "chat_handshakes_total{outcome=\"resumed\"}", 1.0);
+    assert_eq!(m.value("chat_handshakes_total{outcome=\"malformed\"}"), 1.0);
+    assert_eq!(m.value("chat_handshakes_total{outcome=\"new\"}"), 2.0);
+
+    // The sweep runs while sessions are open; the backlog gauge and MySQL errors are exported.
+    let m = wait_metric(port, "chat_sweeps_total", 1.0);
+    assert!(m.0.contains("chat_messages_pending "), "{}", m.0);
+    assert_eq!(m.value("chat_mysql_errors_total"), 0.0);
+    assert!(m
+        .0
+        .contains("# TYPE chat_delivery_latency_seconds histogram"));
+
+    plain.send("DISCONNECT");
+    plain.expect("BYE: disconnected");
+    again.send("DISCONNECT");
+    again.expect("BYE: disconnected");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while scrape(port).value("chat_sessions_open") != 0.0 {
+        assert!(Instant::now() < deadline, "sessions_open did not drop to 0");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn health_and_readiness_and_draining_on_sigterm() {
+    let env = Env::new("metrics_ready");
+    let mut node = env.node(
+        "a",
+        &["--metrics-addr", "127.0.0.1:0", "--drain-delay", "3"],
+    );
+    let port = node.logged_port("metrics listening");
+    assert_eq!(get(port, "/healthz"), (200, "ok\n".to_string()));
+    assert_eq!(get(port, "/readyz"), (200, "ready\n".to_string()));
+    assert_eq!(get(port, "/nothing").0, 404);
+
+    let mut client = node.connect();
+    client.register();
+    signal(node.pid(), "TERM");
+    // Unready at once, while the listeners still accept during the drain delay.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = get(port, "/readyz");
+        if status == 503 {
+            assert_eq!(body, "shutting down\n");
+            break;
+        }
+        assert!(Instant::now() < deadline, "/readyz stayed {status}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(get(port, "/healthz").0, 200);
+    client.expect("BYE: server shutting down, reconnect later");
+    let status = node.wait(Duration::from_secs(30)).expect("node exits");
+    assert_eq!(status.code(), Some(0), "{}", node.log());
+}
