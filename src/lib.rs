@@ -11,20 +11,26 @@
 //! - [`batcher`]: group commit: the MySQL reads and writes of many sessions as one statement.
 //! - [`server`]: listeners, accept loop, background sweeps, shutdown.
 //! - [`admission`]: ban list and the per-address limit on failed handshakes.
+//! - [`bans`]: the cluster-wide bans (MySQL) kept in force on a node.
+//! - [`retention`]: the background purge of old delivered messages.
 //! - [`enqueue`]: the producer API behind `chat-enqueue`.
 //! - [`config`], [`logging`]: settings and log output shared by the binaries.
+//! - [`config_file`]: TOML config files mapped onto a binary's flags.
 #![forbid(unsafe_code)]
 
 pub mod admission;
+pub mod bans;
 pub mod batcher;
 pub mod bus;
 pub mod codec;
 pub mod config;
+pub mod config_file;
 pub mod delivery;
 pub mod enqueue;
 pub mod logging;
 pub mod protocol;
 pub mod registry;
+pub mod retention;
 pub mod server;
 pub mod session;
 pub mod store;

@@ -22,6 +22,7 @@ use crate::protocol::{Reply, SessionError};
 use crate::registry::Registry;
 use crate::session;
 use crate::store::{self, Store};
+use crate::{bans, retention};
 
 /// Everything the sessions of one node share.
 pub struct Node {
@@ -68,16 +69,20 @@ impl Node {
     pub fn reload_bans(&self) {
         match self.admission.reload() {
             Ok(entries) => {
-                let kicked = self
-                    .admission
-                    .banned_clients()
-                    .into_iter()
-                    .filter(|id| self.registry.ban(*id))
-                    .count();
+                let kicked = self.kick_banned();
                 info!(entries, kicked, "ban list reloaded");
             }
             Err(e) => error!(error = %e, "ban list not reloaded; the previous one stays"),
         }
+    }
+
+    /// Closes the live sessions of banned clients (after any change of the bans); returns how many.
+    pub fn kick_banned(&self) -> usize {
+        self.admission
+            .banned_clients()
+            .into_iter()
+            .filter(|id| self.registry.ban(*id))
+            .count()
     }
 }
 
@@ -124,6 +129,8 @@ pub async fn run(listeners: Vec<TcpListener>, node: Arc<Node>, shutdown: Cancell
     tasks.spawn(sweep(node.clone(), background.clone()));
     tasks.spawn(renew_leases(node.clone(), background.clone()));
     tasks.spawn(heartbeat(node.clone(), background.clone()));
+    tasks.spawn(bans::watch(node.clone(), background.clone()));
+    tasks.spawn(retention::run(node.clone(), background.clone()));
     tasks.close();
 
     let sessions = TaskTracker::new();

@@ -16,6 +16,7 @@ const MIGRATIONS: &[(u32, &str, &str)] = &[
         "0003_cursors",
         include_str!("../../sql/0003_cursors.sql"),
     ),
+    (5, "0005_bans", include_str!("../../sql/0005_bans.sql")),
 ];
 
 /// Creates the database if needed, then applies pending migrations under a named lock,
