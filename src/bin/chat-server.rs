@@ -33,7 +33,7 @@ struct Args {
     /// TOML config file: one key per long flag (`max-line = 1024`, `ban = ["10.0.0.0/8"]`).
     #[arg(long, env = "CHAT_CONFIG")]
     config: Option<std::path::PathBuf>,
-    /// Check the flags, environment and config file, print what the file set, and exit: 0 valid,
+    /// Check the flags, environment and config file, print which file keys are in effect, and exit: 0 valid,
     /// 2 invalid. Contacts neither MySQL nor Redis and reads no ban file.
     #[arg(long)]
     check_config: bool,
@@ -176,7 +176,10 @@ fn check_config(args: &Args, file: Option<&std::path::Path>, used: &[String]) ->
         f.display().to_string()
     });
     if problems.is_empty() {
-        println!("{source}: OK ({} keys from the file)", used.len());
+        println!(
+            "{source}: OK; keys in effect from the file: [{}]",
+            used.join(", ")
+        );
         ExitCode::SUCCESS
     } else {
         for problem in problems {
