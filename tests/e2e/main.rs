@@ -4,6 +4,7 @@
 mod support;
 
 mod ack;
+mod admin;
 mod batch;
 mod cluster;
 mod enqueue_cli;
