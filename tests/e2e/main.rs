@@ -12,5 +12,6 @@ mod faults;
 mod handshake;
 mod hostile;
 mod lifecycle;
+mod retention;
 mod services_smoke;
 mod session;
