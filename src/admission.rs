@@ -59,38 +59,39 @@ impl Ban {
     pub fn canonical(&self) -> String {
         match self {
             Ban::Client(id) => id.to_string(),
-            Ban::Net(IpAddr::V4(ip), prefix) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(*prefix)).unwrap_or(0);
-                let net = std::net::Ipv4Addr::from(u32::from(*ip) & mask);
-                if *prefix == 32 {
-                    net.to_string()
-                } else {
-                    format!("{net}/{prefix}")
-                }
-            }
-            Ban::Net(IpAddr::V6(ip), prefix) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(*prefix)).unwrap_or(0);
-                let net = std::net::Ipv6Addr::from(u128::from(*ip) & mask);
-                if *prefix == 128 {
-                    net.to_string()
-                } else {
-                    format!("{net}/{prefix}")
-                }
-            }
+            Ban::Net(ip, prefix) if *prefix == bits(*ip) => ip.to_string(),
+            Ban::Net(ip, prefix) => format!("{}/{prefix}", network(*ip, *prefix)),
         }
     }
 
     fn covers(&self, ip: IpAddr) -> bool {
-        match (self, ip) {
-            (Ban::Net(IpAddr::V4(net), prefix), IpAddr::V4(ip)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(*prefix)).unwrap_or(0);
-                u32::from(*net) & mask == u32::from(ip) & mask
+        match self {
+            Ban::Net(net, prefix) => {
+                net.is_ipv4() == ip.is_ipv4() && network(*net, *prefix) == network(ip, *prefix)
             }
-            (Ban::Net(IpAddr::V6(net), prefix), IpAddr::V6(ip)) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(*prefix)).unwrap_or(0);
-                u128::from(*net) & mask == u128::from(ip) & mask
-            }
-            _ => false,
+            Ban::Client(_) => false,
+        }
+    }
+}
+
+/// Address length in bits.
+fn bits(ip: IpAddr) -> u8 {
+    if ip.is_ipv4() {
+        32
+    } else {
+        128
+    }
+}
+
+/// The first address of the `/prefix` network that holds `ip`.
+fn network(ip: IpAddr, prefix: u8) -> IpAddr {
+    let host_bits = u32::from(bits(ip) - prefix.min(bits(ip)));
+    match ip {
+        IpAddr::V4(v4) => {
+            IpAddr::V4((u32::from(v4) & u32::MAX.checked_shl(host_bits).unwrap_or(0)).into())
+        }
+        IpAddr::V6(v6) => {
+            IpAddr::V6((u128::from(v6) & u128::MAX.checked_shl(host_bits).unwrap_or(0)).into())
         }
     }
 }

@@ -119,8 +119,13 @@ impl Env {
 
     /// Runs `chat-enqueue` with this env's URLs and `args`.
     pub fn enqueue_raw(&self, args: &[&str]) -> Output {
+        self.tool(ENQUEUE, args)
+    }
+
+    /// Runs the command-line tool `bin` with this env's URLs and `args`.
+    fn tool(&self, bin: &str, args: &[&str]) -> Output {
         run_with_timeout(
-            Command::new(ENQUEUE)
+            Command::new(bin)
                 .env_clear()
                 .env("PATH", std::env::var("PATH").unwrap_or_default())
                 .env("CHAT_DATABASE_URL", &self.db_url)
@@ -131,14 +136,7 @@ impl Env {
 
     /// Runs `chat-admin` with this env's URLs and `args`.
     pub fn admin(&self, args: &[&str]) -> Output {
-        run_with_timeout(
-            Command::new(ADMIN)
-                .env_clear()
-                .env("PATH", std::env::var("PATH").unwrap_or_default())
-                .env("CHAT_DATABASE_URL", &self.db_url)
-                .env("CHAT_REDIS_URL", &self.redis_url)
-                .args(args),
-        )
+        self.tool(ADMIN, args)
     }
 
     /// Runs `chat-admin --json <args>`; asserts success and returns the parsed output.
