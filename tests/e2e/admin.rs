@@ -1,5 +1,7 @@
 //! `chat-admin`: read commands against a live cluster, cluster-wide bans, purge, exit codes.
 
+use std::io::{BufRead, BufReader, Write};
+use std::process::Stdio;
 use std::time::Duration;
 
 use crate::support::client::TestClient;
@@ -186,6 +188,45 @@ fn purge_deletes_old_delivered_messages_only() {
     // Delivery goes on.
     env.enqueue(&id, "after");
     assert_eq!(c.messages(1), vec!["after"]);
+}
+
+#[test]
+fn one_purge_at_a_time() {
+    let env = Env::new("adm_lock");
+    let _node = env.node("a", &["--retention", "off"]);
+    // Another purger holds the lock (a mariadb client session, kept open).
+    let mut holder = env
+        .mariadb()
+        .client()
+        .args(["--batch", "--skip-column-names", "--unbuffered"])
+        .arg(format!("--database={}", env.database))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("mariadb client");
+    let mut stdin = holder.stdin.take().unwrap();
+    writeln!(
+        stdin,
+        "SELECT GET_LOCK(CONCAT('chat-retention:', DATABASE()), 0);"
+    )
+    .unwrap();
+    let mut got = String::new();
+    BufReader::new(holder.stdout.take().unwrap())
+        .read_line(&mut got)
+        .unwrap();
+    assert_eq!(got.trim(), "1");
+    let out = env.admin(&["purge", "--older-than", "1d"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(stderr(&out).contains("another purge is running"), "{out:?}");
+    // Its session ends: the lock is free again.
+    drop(stdin);
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert_eq!(
+        env.admin_json(&["purge", "--older-than", "1d"])["deleted"],
+        0
+    );
 }
 
 #[test]
