@@ -39,7 +39,10 @@ pub async fn watch(node: Arc<Node>, stop: CancellationToken) {
     loop {
         if broadcasts.is_none() {
             match node.bus.subscribe_bans().await {
-                Ok(stream) => broadcasts = Some(Box::pin(stream)),
+                Ok(stream) => {
+                    info!("subscribed to ban broadcasts");
+                    broadcasts = Some(Box::pin(stream));
+                }
                 Err(e) => debug!(error = %e, "cannot subscribe to ban broadcasts; polling only"),
             }
         }
