@@ -169,7 +169,8 @@ fn location(path: &Path, text: &str, key: &str) -> String {
 fn syntax_error(path: &Path, text: &str, e: &toml::de::Error) -> String {
     let line = e
         .span()
-        .map(|span| text[..span.start.min(text.len())].lines().count().max(1));
+        .and_then(|span| text.get(..span.start))
+        .map(|before| before.matches('\n').count() + 1);
     let message = e.message().trim();
     match line {
         Some(n) => format!("{}:{n}: invalid TOML: {message}", path.display()),
@@ -291,6 +292,8 @@ mod tests {
         assert!(message(r).contains("unknown key \"config\""));
         let (r, path) = run(&[], "port = \n");
         assert!(message(r).starts_with(&format!("{path}:1: invalid TOML")));
+        let (r, path) = run(&[], "port = 1\n= 2\n");
+        assert!(message(r).starts_with(&format!("{path}:2: invalid TOML")));
     }
 
     #[test]

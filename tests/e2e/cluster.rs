@@ -134,7 +134,8 @@ fn nodes_starting_together_apply_each_migration_once() {
         vec![
             vec!["1".to_string(), "0001_init".to_string()],
             vec!["2".to_string(), "0002_holder".to_string()],
-            vec!["3".to_string(), "0003_cursors".to_string()]
+            vec!["3".to_string(), "0003_cursors".to_string()],
+            vec!["5".to_string(), "0005_bans".to_string()]
         ]
     );
     for node in &nodes {
