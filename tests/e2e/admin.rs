@@ -267,6 +267,12 @@ fn errors_have_documented_exit_codes() {
         stderr(&out).contains("Redis at redis://127.0.0.1:"),
         "{out:?}"
     );
+    // A ban needs only MySQL: without Redis it is stored (exit 0), with a warning that nodes
+    // take it at their next poll.
+    let out = env.admin(&["--redis-url", &nowhere, "ban", "192.0.2.1"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(stderr(&out).contains("warning"), "{out:?}");
+    assert_eq!(env.admin_json(&["bans"])["bans"][0]["entry"], "192.0.2.1");
 }
 
 /// A well-formed client id that no client has.
