@@ -36,7 +36,7 @@ all: build
 deps:
 	bash scripts/install-deps.sh
 
-# Release build of chat-server and chat-enqueue.
+# Release build of every binary: chat-server, chat-enqueue, chat-admin, chat-bench.
 build:
 	cargo build --release --bins
 

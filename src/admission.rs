@@ -54,17 +54,44 @@ impl Ban {
         Ok(Ban::Net(ip, prefix))
     }
 
+    /// The entry in one canonical text form (a network by its first address), as the cluster's
+    /// `bans` table stores it: `10.1.2.3/8` and `10.0.0.0/8` are the same ban.
+    pub fn canonical(&self) -> String {
+        match self {
+            Ban::Client(id) => id.to_string(),
+            Ban::Net(ip, prefix) if *prefix == bits(*ip) => ip.to_string(),
+            Ban::Net(ip, prefix) => format!("{}/{prefix}", network(*ip, *prefix)),
+        }
+    }
+
     fn covers(&self, ip: IpAddr) -> bool {
-        match (self, ip) {
-            (Ban::Net(IpAddr::V4(net), prefix), IpAddr::V4(ip)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(*prefix)).unwrap_or(0);
-                u32::from(*net) & mask == u32::from(ip) & mask
+        match self {
+            Ban::Net(net, prefix) => {
+                net.is_ipv4() == ip.is_ipv4() && network(*net, *prefix) == network(ip, *prefix)
             }
-            (Ban::Net(IpAddr::V6(net), prefix), IpAddr::V6(ip)) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(*prefix)).unwrap_or(0);
-                u128::from(*net) & mask == u128::from(ip) & mask
-            }
-            _ => false,
+            Ban::Client(_) => false,
+        }
+    }
+}
+
+/// Address length in bits.
+fn bits(ip: IpAddr) -> u8 {
+    if ip.is_ipv4() {
+        32
+    } else {
+        128
+    }
+}
+
+/// The first address of the `/prefix` network that holds `ip`.
+fn network(ip: IpAddr, prefix: u8) -> IpAddr {
+    let host_bits = u32::from(bits(ip) - prefix.min(bits(ip)));
+    match ip {
+        IpAddr::V4(v4) => {
+            IpAddr::V4((u32::from(v4) & u32::MAX.checked_shl(host_bits).unwrap_or(0)).into())
+        }
+        IpAddr::V6(v6) => {
+            IpAddr::V6((u128::from(v6) & u128::MAX.checked_shl(host_bits).unwrap_or(0)).into())
         }
     }
 }
@@ -99,6 +126,8 @@ pub struct AdmissionConfig {
 pub struct Admission {
     config: AdmissionConfig,
     bans: RwLock<BanList>,
+    /// The cluster-wide bans (MySQL `bans` table), kept apart from the flag and file ones.
+    cluster: RwLock<BanList>,
     failures: Mutex<HashMap<IpAddr, Bucket>>,
 }
 
@@ -108,6 +137,7 @@ impl Admission {
         let admission = Admission {
             config,
             bans: RwLock::new(BanList::default()),
+            cluster: RwLock::new(BanList::default()),
             failures: Mutex::new(HashMap::new()),
         };
         admission.reload()?;
@@ -146,10 +176,30 @@ impl Admission {
         Ok(count)
     }
 
+    /// Replaces the cluster-wide bans with `entries`; entries that do not parse are skipped and
+    /// returned as errors. Returns the number of bans in force from the cluster.
+    pub fn set_cluster_bans(&self, entries: &[String]) -> (usize, Vec<String>) {
+        let mut list = BanList::default();
+        let mut errors = Vec::new();
+        for entry in entries {
+            match Ban::parse(entry) {
+                Ok(Ban::Client(id)) => {
+                    list.clients.insert(id);
+                }
+                Ok(net) => list.nets.push(net),
+                Err(e) => errors.push(e),
+            }
+        }
+        let count = list.clients.len() + list.nets.len();
+        *self.cluster.write().unwrap_or_else(|e| e.into_inner()) = list;
+        (count, errors)
+    }
+
     /// Whether a connection from `ip` may go on to the handshake.
     pub fn check_addr(&self, ip: IpAddr) -> Verdict {
         let ip = ip.to_canonical();
-        if self.read_bans().nets.iter().any(|b| b.covers(ip)) {
+        let covered = |list: &BanList| list.nets.iter().any(|b| b.covers(ip));
+        if covered(&self.read_bans()) || covered(&self.read_cluster()) {
             return Verdict::Banned;
         }
         let key = bucket_key(ip);
@@ -162,12 +212,14 @@ impl Admission {
 
     /// Whether client `id` is banned.
     pub fn is_banned(&self, id: ClientId) -> bool {
-        self.read_bans().clients.contains(&id)
+        self.read_bans().clients.contains(&id) || self.read_cluster().clients.contains(&id)
     }
 
     /// The banned client ids (to close their live sessions after a reload).
     pub fn banned_clients(&self) -> Vec<ClientId> {
-        self.read_bans().clients.iter().copied().collect()
+        let mut ids: HashSet<ClientId> = self.read_bans().clients.clone();
+        ids.extend(self.read_cluster().clients.iter().copied());
+        ids.into_iter().collect()
     }
 
     /// Counts a failed handshake (wrong or malformed id) against `ip`.
@@ -216,6 +268,10 @@ impl Admission {
         self.bans.read().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn read_cluster(&self) -> std::sync::RwLockReadGuard<'_, BanList> {
+        self.cluster.read().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn lock_failures(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Bucket>> {
         self.failures.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -260,11 +316,46 @@ mod tests {
         assert!(a.is_banned(id));
         assert!(!a.is_banned(ClientId::random()));
         assert!(Ban::parse("nonsense").is_err());
+        assert_eq!(Ban::parse("10.1.2.3/8").unwrap().canonical(), "10.0.0.0/8");
+        assert_eq!(
+            Ban::parse("::ffff:192.0.2.7").unwrap().canonical(),
+            "192.0.2.7"
+        );
+        assert_eq!(
+            Ban::parse("2001:db8::1/32").unwrap().canonical(),
+            "2001:db8::/32"
+        );
+        assert_eq!(
+            Ban::parse(&id.to_string()).unwrap().canonical(),
+            id.to_string()
+        );
         assert!(Ban::parse("10.0.0.0/33").is_err());
         assert_eq!(
             Ban::parse("0.0.0.0/0").unwrap(),
             Ban::Net("0.0.0.0".parse().unwrap(), 0)
         );
+    }
+
+    #[test]
+    fn cluster_bans_add_to_the_local_ones_and_replace_each_other() {
+        let local = ClientId::random();
+        let remote = ClientId::random();
+        let a = admission(&[&local.to_string()], 5);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let (count, errors) =
+            a.set_cluster_bans(&[remote.to_string(), "203.0.113.0/24".into(), "junk".into()]);
+        assert_eq!(count, 2);
+        assert_eq!(errors.len(), 1);
+        assert!(a.is_banned(local) && a.is_banned(remote));
+        assert_eq!(a.check_addr(ip("203.0.113.9")), Verdict::Banned);
+        assert_eq!(a.banned_clients().len(), 2);
+        a.set_cluster_bans(&[]);
+        assert!(a.is_banned(local) && !a.is_banned(remote));
+        assert_eq!(a.check_addr(ip("203.0.113.9")), Verdict::Allow);
+        // A reload of the local list keeps the cluster's.
+        a.set_cluster_bans(&[remote.to_string()]);
+        a.reload().unwrap();
+        assert!(a.is_banned(remote));
     }
 
     #[test]

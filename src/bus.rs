@@ -7,6 +7,8 @@
 //! - `chat:node:<node_id>`: the channel a node subscribes to. Payloads are
 //!   `wake <client_id> [<client_id>...]` (new messages are committed for those clients) and `kick <client_id> <epoch>` (a newer session
 //!   with that epoch took the client over).
+//! - `chat:bans`: a channel every node subscribes to; a message (any payload) means "the bans
+//!   table in MySQL changed: load it now".
 //!
 //! Nothing here is trusted for correctness: a lost key or notification delays a message until the
 //! node's sweep or the client's next connect; MySQL decides who owns a client.
@@ -144,6 +146,12 @@ pub fn node_channel(node: &str) -> String {
     format!("chat:node:{node}")
 }
 
+/// The channel that tells every node to reload the cluster-wide bans from MySQL.
+pub const BANS_CHANNEL: &str = "chat:bans";
+
+/// Most heartbeat keys `alive_nodes` collects (and SCAN rounds it makes, at 100 keys a round).
+const MAX_NODES: usize = 10_000;
+
 /// A Redis connection that reconnects by itself, plus the scripts that run on it.
 #[derive(Clone)]
 pub struct Bus {
@@ -273,6 +281,51 @@ impl Bus {
     pub async fn node_alive(&self, node: &str) -> Result<bool, BusError> {
         let mut conn = self.conn.clone();
         timed(RESPONSE_TIMEOUT, conn.exists(alive_key(node))).await
+    }
+
+    /// The nodes whose heartbeat key exists, sorted (`SCAN`, never `KEYS`; at most 10,000).
+    pub async fn alive_nodes(&self) -> Result<Vec<String>, BusError> {
+        let mut conn = self.conn.clone();
+        let prefix = alive_key("");
+        let mut nodes = std::collections::BTreeSet::new();
+        let mut cursor: u64 = 0;
+        for _ in 0..MAX_NODES {
+            let (next, keys): (u64, Vec<String>) = timed(
+                RESPONSE_TIMEOUT,
+                redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(format!("{prefix}*"))
+                    .arg("COUNT")
+                    .arg(100)
+                    .query_async(&mut conn),
+            )
+            .await?;
+            nodes.extend(
+                keys.iter()
+                    .filter_map(|k| k.strip_prefix(&prefix))
+                    .map(String::from),
+            );
+            cursor = next;
+            if cursor == 0 || nodes.len() >= MAX_NODES {
+                break;
+            }
+        }
+        Ok(nodes.into_iter().collect())
+    }
+
+    /// Tells every node to reload the cluster-wide bans; returns how many nodes listened.
+    pub async fn bans_changed(&self) -> Result<u64, BusError> {
+        let mut conn = self.conn.clone();
+        timed(RESPONSE_TIMEOUT, conn.publish(BANS_CHANNEL, "reload")).await
+    }
+
+    /// Subscribes to [`BANS_CHANNEL`]; one item per broadcast; the stream ends when the
+    /// subscription's connection drops.
+    pub async fn subscribe_bans(&self) -> Result<impl Stream<Item = ()>, BusError> {
+        let mut pubsub = timed(CONNECT_TIMEOUT, self.client.get_async_pubsub()).await?;
+        timed(RESPONSE_TIMEOUT, pubsub.subscribe(BANS_CHANNEL)).await?;
+        Ok(pubsub.into_on_message().map(drop))
     }
 
     /// Who holds `id` now, according to its lease.

@@ -31,6 +31,12 @@ pub const DEFAULT_MAX_FAILED_HANDSHAKES: u32 = 10;
 pub const DEFAULT_FAILED_HANDSHAKE_WINDOW: Duration = Duration::from_secs(60);
 /// MySQL connections one node keeps at most.
 pub const DEFAULT_DB_POOL: usize = 32;
+/// How long delivered messages are kept before the background purge deletes them.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 86_400);
+/// How often a node tries to purge (only one node of the cluster purges at a time).
+pub const DEFAULT_RETENTION_INTERVAL: Duration = Duration::from_secs(3600);
+/// How often a node re-reads the cluster-wide bans from MySQL (besides the Redis broadcast).
+pub const DEFAULT_BANS_POLL: Duration = Duration::from_secs(30);
 
 /// Where MySQL and Redis are: the flags both binaries share.
 #[derive(Debug, Clone, clap::Args)]
@@ -69,6 +75,10 @@ pub struct NodeConfig {
     pub node_ttl: Duration,
     /// Whether every connection starts with a PROXY protocol (v1 or v2) header.
     pub proxy_protocol: bool,
+    /// Delivered messages older than this are purged; `None`: kept forever.
+    pub retention: Option<Duration>,
+    pub retention_interval: Duration,
+    pub bans_poll: Duration,
 }
 
 impl NodeConfig {
@@ -88,7 +98,51 @@ impl NodeConfig {
             handoff_timeout: DEFAULT_HANDOFF_TIMEOUT,
             node_ttl: DEFAULT_NODE_TTL,
             proxy_protocol: false,
+            retention: Some(DEFAULT_RETENTION),
+            retention_interval: DEFAULT_RETENTION_INTERVAL,
+            bans_poll: DEFAULT_BANS_POLL,
         }
+    }
+}
+
+/// Parses an age: a number with a unit `d`, `h`, `m` or `s` (`7d`, `12h`, `1.5h`); a bare
+/// number is days. Zero is refused.
+pub fn parse_age(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let (number, unit) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&t[..i], c.to_ascii_lowercase()),
+        _ => (t, 'd'),
+    };
+    let scale = match unit {
+        'd' => 86_400.0,
+        'h' => 3_600.0,
+        'm' => 60.0,
+        's' => 1.0,
+        _ => {
+            return Err(format!(
+                "{s:?}: unknown unit; use d, h, m or s (e.g. 7d, 12h)"
+            ))
+        }
+    };
+    let value: f64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not an age such as 7d, 12h, 30m or 45s"))?;
+    let secs = value * scale;
+    if secs.is_finite() && secs > 0.0 && secs <= 36_500.0 * 86_400.0 {
+        Ok(Duration::from_secs_f64(secs))
+    } else {
+        Err(format!(
+            "{s:?}: expected a positive age of at most 100 years"
+        ))
+    }
+}
+
+/// Parses a retention: an age as [`parse_age`], or `0`/`off` for none.
+pub fn parse_retention(s: &str) -> Result<Option<Duration>, String> {
+    match s.trim() {
+        "off" | "0" | "0d" | "0h" | "0m" | "0s" => Ok(None),
+        other => parse_age(other).map(Some),
     }
 }
 
@@ -139,6 +193,22 @@ mod tests {
         assert!(validate_node_id("").is_err());
         assert!(validate_node_id("a|b").is_err());
         assert!(validate_node_id("a b").is_err());
+    }
+
+    #[test]
+    fn ages_take_units_and_days_by_default() {
+        assert_eq!(parse_age("7"), Ok(Duration::from_secs(7 * 86_400)));
+        assert_eq!(parse_age("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert_eq!(parse_age("12h"), Ok(Duration::from_secs(12 * 3_600)));
+        assert_eq!(parse_age("30m"), Ok(Duration::from_secs(1_800)));
+        assert_eq!(parse_age("1.5s"), Ok(Duration::from_millis(1_500)));
+        for bad in ["", "0", "-1d", "7w", "d", "x7d", "nan"] {
+            assert!(parse_age(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_retention("off"), Ok(None));
+        assert_eq!(parse_retention("0"), Ok(None));
+        assert_eq!(parse_retention("2h"), Ok(Some(Duration::from_secs(7_200))));
+        assert!(parse_retention("soon").is_err());
     }
 
     #[test]

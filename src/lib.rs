@@ -14,15 +14,20 @@
 //! - [`proxy`]: the PROXY protocol header (v1, v2) a load balancer sends first.
 //! - [`tls`]: the TLS listener's certificate, reloaded on SIGHUP.
 //! - [`stats`]: Prometheus metrics: names and recording calls; [`http`]: `/metrics`, `/healthz`, `/readyz`.
+//! - [`bans`]: the cluster-wide bans (MySQL) kept in force on a node.
+//! - [`retention`]: the background purge of old delivered messages.
 //! - [`enqueue`]: the producer API behind `chat-enqueue`.
 //! - [`config`], [`logging`]: settings and log output shared by the binaries.
+//! - [`config_file`]: TOML config files mapped onto a binary's flags.
 #![forbid(unsafe_code)]
 
 pub mod admission;
+pub mod bans;
 pub mod batcher;
 pub mod bus;
 pub mod codec;
 pub mod config;
+pub mod config_file;
 pub mod delivery;
 pub mod enqueue;
 pub mod http;
@@ -30,6 +35,7 @@ pub mod logging;
 pub mod protocol;
 pub mod proxy;
 pub mod registry;
+pub mod retention;
 pub mod server;
 pub mod session;
 pub mod stats;

@@ -26,6 +26,7 @@ use crate::session;
 use crate::stats;
 use crate::store::{self, Store};
 use crate::tls::Tls;
+use crate::{bans, retention};
 
 /// Everything the sessions of one node share.
 pub struct Node {
@@ -103,16 +104,20 @@ impl Node {
     pub fn reload_bans(&self) {
         match self.admission.reload() {
             Ok(entries) => {
-                let kicked = self
-                    .admission
-                    .banned_clients()
-                    .into_iter()
-                    .filter(|id| self.registry.ban(*id))
-                    .count();
+                let kicked = self.kick_banned();
                 info!(entries, kicked, "ban list reloaded");
             }
             Err(e) => error!(error = %e, "ban list not reloaded; the previous one stays"),
         }
+    }
+
+    /// Closes the live sessions of banned clients (after any change of the bans); returns how many.
+    pub fn kick_banned(&self) -> usize {
+        self.admission
+            .banned_clients()
+            .into_iter()
+            .filter(|id| self.registry.ban(*id))
+            .count()
     }
 }
 
@@ -169,6 +174,8 @@ pub async fn run_with_tls(
     tasks.spawn(sweep(node.clone(), background.clone()));
     tasks.spawn(renew_leases(node.clone(), background.clone()));
     tasks.spawn(heartbeat(node.clone(), background.clone()));
+    tasks.spawn(bans::watch(node.clone(), background.clone()));
+    tasks.spawn(retention::run(node.clone(), background.clone()));
     tasks.close();
 
     let sessions = TaskTracker::new();

@@ -1,4 +1,4 @@
-//! `chat-server`: one delivery node. Flags and environment -> config -> `server::run` until SIGINT/SIGTERM.
+//! `chat-server`: one delivery node. Flags, environment and config file -> config -> `server::run` until SIGINT/SIGTERM.
 #![forbid(unsafe_code)]
 
 use std::net::{IpAddr, SocketAddr};
@@ -13,9 +13,10 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use chat::admission::{Admission, AdmissionConfig};
+use chat::admission::{Admission, AdmissionConfig, Ban};
 use chat::bus::Bus;
 use chat::config::{self, redact_url, NodeConfig, ServiceUrls};
+use chat::config_file::{self, ArgsError};
 use chat::logging::{self, LogFormat};
 use chat::server::{self, Node};
 use chat::stats;
@@ -24,8 +25,21 @@ use chat::tls::Tls;
 
 /// A store-and-forward delivery node. Clients connect with telnet; messages come from chat-enqueue.
 #[derive(Debug, Parser)]
-#[command(name = "chat-server", version)]
+#[command(
+    name = "chat-server",
+    version,
+    after_help = "Every flag can also be set in the TOML file given by --config (env CHAT_CONFIG), \
+                  as `long-flag-name = value`; a flag beats its environment variable, which beats \
+                  the file, which beats the default."
+)]
 struct Args {
+    /// TOML config file: one key per long flag (`max-line = 1024`, `ban = ["10.0.0.0/8"]`).
+    #[arg(long, env = "CHAT_CONFIG")]
+    config: Option<std::path::PathBuf>,
+    /// Check the flags, environment and config file, print which file keys are in effect, and exit: 0 valid,
+    /// 2 invalid. Contacts neither MySQL nor Redis and reads no ban file.
+    #[arg(long)]
+    check_config: bool,
     /// TCP port to listen on (0 picks a free one).
     #[arg(short, long, env = "CHAT_PORT", default_value_t = chat::DEFAULT_PORT)]
     port: u16,
@@ -96,6 +110,17 @@ struct Args {
     /// MySQL connections this node keeps at most.
     #[arg(long, env = "CHAT_DB_POOL", default_value_t = config::DEFAULT_DB_POOL)]
     db_pool: usize,
+    /// Delete delivered messages older than this (7d, 12h, 30m, 45s; a bare number is days);
+    /// `off` or 0 keeps them forever. One node of the cluster purges at a time.
+    #[arg(long, env = "CHAT_RETENTION", value_parser = config::parse_retention, default_value = "7d")]
+    retention: Retention,
+    /// Seconds between retention purges.
+    #[arg(long, env = "CHAT_RETENTION_INTERVAL", value_parser = seconds, default_value = "3600")]
+    retention_interval: Duration,
+    /// Seconds between reloads of the cluster-wide bans from MySQL (a `chat-admin ban` also tells
+    /// every node at once over Redis).
+    #[arg(long, env = "CHAT_BANS_POLL", value_parser = seconds, default_value = "30")]
+    bans_poll: Duration,
     /// Address of the operations port: Prometheus `/metrics`, `/healthz`, `/readyz` (e.g.
     /// 127.0.0.1:9108). Default: off.
     #[arg(long, env = "CHAT_METRICS_ADDR")]
@@ -128,6 +153,9 @@ fn seconds_or_zero(s: &str) -> Result<Duration, String> {
     seconds(s)
 }
 
+/// A retention period, `None` for off (an alias, so that clap takes `None` as a value, not as "flag absent").
+type Retention = Option<Duration>;
+
 fn seconds(s: &str) -> Result<Duration, String> {
     let secs: f64 = s
         .parse()
@@ -141,7 +169,18 @@ fn seconds(s: &str) -> Result<Duration, String> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args = Args::parse();
+    let parsed = match config_file::parse::<Args>(std::env::args_os().collect(), "config") {
+        Ok(parsed) => parsed,
+        Err(ArgsError::Clap(e)) => e.exit(),
+        Err(ArgsError::File(e)) => {
+            eprintln!("chat-server: error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let args = parsed.args;
+    if args.check_config {
+        return check_config(&args, parsed.file.as_deref(), &parsed.used_keys);
+    }
     if let Err(e) = logging::init(&args.log_level, args.log_format) {
         eprintln!("chat-server: {e}");
         return ExitCode::from(2);
@@ -153,6 +192,33 @@ async fn main() -> ExitCode {
             eprintln!("chat-server: error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `--check-config`: what parsing could not check (node id, log filter, ban entries).
+fn check_config(args: &Args, file: Option<&std::path::Path>, used: &[String]) -> ExitCode {
+    let mut problems = Vec::new();
+    if let Some(id) = &args.node_id {
+        problems.extend(config::validate_node_id(id).err());
+    }
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&args.log_level) {
+        problems.push(format!("invalid log level {:?}: {e}", args.log_level));
+    }
+    problems.extend(args.ban.iter().filter_map(|b| Ban::parse(b).err()));
+    let source = file.map_or("flags and environment (no config file)".to_string(), |f| {
+        f.display().to_string()
+    });
+    if problems.is_empty() {
+        println!(
+            "{source}: OK; keys in effect from the file: [{}]",
+            used.join(", ")
+        );
+        ExitCode::SUCCESS
+    } else {
+        for problem in problems {
+            eprintln!("chat-server: error: {source}: {problem}");
+        }
+        ExitCode::from(2)
     }
 }
 
@@ -221,9 +287,15 @@ async fn serve(args: Args) -> Result<()> {
     config.handoff_timeout = args.handoff_timeout;
     config.node_ttl = args.node_ttl;
     config.proxy_protocol = args.proxy_protocol;
+    config.retention = args.retention;
+    config.retention_interval = args.retention_interval;
+    config.bans_poll = args.bans_poll;
     let mut node = Node::new(config, store, bus, admission);
     node.tls = tls;
     let node = Arc::new(node);
+    chat::bans::load(&node)
+        .await
+        .with_context(|| format!("cannot load the cluster bans from MySQL at {db}"))?;
 
     if let Some((listener, handle)) = metrics {
         if let Ok(addr) = listener.local_addr() {

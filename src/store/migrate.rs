@@ -21,6 +21,7 @@ const MIGRATIONS: &[(u32, &str, &str)] = &[
         "0004_producer",
         include_str!("../../sql/0004_producer.sql"),
     ),
+    (5, "0005_bans", include_str!("../../sql/0005_bans.sql")),
 ];
 
 /// Creates the database if needed, then applies pending migrations under a named lock,

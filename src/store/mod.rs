@@ -9,11 +9,16 @@ use mysql_async::{Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts, TxOpts};
 
 use crate::ClientId;
 
+mod admin;
 mod migrate;
 mod queue;
 mod status;
 
 pub use status::{MessageState, MessageStatus};
+mod retention;
+
+pub use admin::{Backlog, BanRow, ClientInfo, MAX_BANS};
+pub use retention::Purge;
 
 /// Bound on one statement's round trip, so a hung server cannot hang a session forever.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);

@@ -4,8 +4,10 @@
 mod support;
 
 mod ack;
+mod admin;
 mod batch;
 mod cluster;
+mod config;
 mod enqueue_cli;
 mod faults;
 mod handshake;
@@ -15,6 +17,8 @@ mod lifecycle;
 mod metrics;
 mod producer;
 mod proxy;
+mod retention;
 mod services_smoke;
 mod session;
+mod systemd;
 mod tls;

@@ -14,6 +14,7 @@ use super::services::{shared_mariadb, shared_redis, MariaDb, Redis};
 
 const SERVER: &str = env!("CARGO_BIN_EXE_chat-server");
 const ENQUEUE: &str = env!("CARGO_BIN_EXE_chat-enqueue");
+const ADMIN: &str = env!("CARGO_BIN_EXE_chat-admin");
 
 /// One test's world: a fresh database and a Redis, shared with other tests or private to this one
 /// (private ones can be killed and restarted).
@@ -118,25 +119,30 @@ impl Env {
 
     /// Runs `chat-enqueue` with this env's URLs and `args`.
     pub fn enqueue_raw(&self, args: &[&str]) -> Output {
-        run_with_timeout(
-            Command::new(ENQUEUE)
-                .env_clear()
-                .env("PATH", std::env::var("PATH").unwrap_or_default())
-                .env("CHAT_DATABASE_URL", &self.db_url)
-                .env("CHAT_REDIS_URL", &self.redis_url)
-                .args(args),
-        )
+        self.tool(ENQUEUE, args)
+    }
+
+    /// Runs the command-line tool `bin` with this env's URLs and `args`.
+    fn tool(&self, bin: &str, args: &[&str]) -> Output {
+        run_with_timeout(&mut self.command(bin, args))
+    }
+
+    /// `bin` with `args`, this env's URLs and nothing else of the environment but PATH.
+    fn command(&self, bin: &str, args: &[&str]) -> Command {
+        let mut cmd = Command::new(bin);
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("CHAT_DATABASE_URL", &self.db_url)
+            .env("CHAT_REDIS_URL", &self.redis_url)
+            .args(args);
+        cmd
     }
 
     /// Runs `chat-enqueue` with this env's URLs, `args` and `input` on its stdin.
     pub fn enqueue_stdin(&self, args: &[&str], input: &[u8]) -> Output {
         use std::io::Write;
-        let mut child = Command::new(ENQUEUE)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("CHAT_DATABASE_URL", &self.db_url)
-            .env("CHAT_REDIS_URL", &self.redis_url)
-            .args(args)
+        let mut child = self
+            .command(ENQUEUE, args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -165,13 +171,25 @@ impl Env {
 
     /// Runs `chat-enqueue` with `args` in a thread (for `--wait`); join it for the output.
     pub fn enqueue_in_background(&self, args: &[&str]) -> thread::JoinHandle<Output> {
-        let mut cmd = Command::new(ENQUEUE);
-        cmd.env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("CHAT_DATABASE_URL", &self.db_url)
-            .env("CHAT_REDIS_URL", &self.redis_url)
-            .args(args);
+        let mut cmd = self.command(ENQUEUE, args);
         thread::spawn(move || run_with_timeout(&mut cmd))
+    }
+
+    /// Runs `chat-admin` with this env's URLs and `args`.
+    pub fn admin(&self, args: &[&str]) -> Output {
+        self.tool(ADMIN, args)
+    }
+
+    /// Runs `chat-admin --json <args>`; asserts success and returns the parsed output.
+    pub fn admin_json(&self, args: &[&str]) -> serde_json::Value {
+        let out = self.admin(&[&["--json"], args].concat());
+        assert!(
+            out.status.success(),
+            "chat-admin {args:?} failed: {out:?} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("chat-admin {args:?} printed no JSON ({e}): {out:?}"))
     }
 
     /// Enqueues `text` for `client`; asserts success and returns the printed message id.
@@ -411,4 +429,14 @@ fn listening_port(line: &str) -> Option<u16> {
     let addr = &line[start..];
     let addr = &addr[..addr.find('"')?];
     addr.rsplit(':').next()?.parse().ok()
+}
+
+/// Polls `done` every 100 ms until it holds; panics with `what` if it does not within `limit`
+/// (a bound on a wait, not a timing assertion).
+pub fn eventually(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "not within {limit:?}: {what}");
+        thread::sleep(Duration::from_millis(100));
+    }
 }

@@ -209,7 +209,7 @@ impl MariaDb {
         );
     }
 
-    fn client(&self) -> Command {
+    pub fn client(&self) -> Command {
         let mut cmd = Command::new(program("mariadb"));
         cmd.arg("--no-defaults")
             .arg("--protocol=TCP")

@@ -1,0 +1,140 @@
+//! Retention: deleting delivered messages older than a cutoff, in small batches, one purger at a time.
+
+use std::time::Duration;
+
+use mysql_async::prelude::*;
+
+use super::{hex, with_timeout, Store, StoreError, QUERY_TIMEOUT};
+
+/// Clients whose delivered ranges one `DELETE` covers.
+const CLIENTS_PER_PASS: u64 = 200;
+
+/// How a purge went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purge {
+    /// Another purger (a node's retention task or `chat-admin purge`) holds the lock.
+    Busy,
+    /// Rows deleted.
+    Done(u64),
+}
+
+impl Store {
+    /// Deletes delivered messages (`seq <= cursors.delivered_seq`) enqueued more than `older_than`
+    /// ago, `batch` rows per autocommitted statement with `pause` between statements, so enqueues
+    /// and deliveries never wait long behind it. Undelivered messages are never touched.
+    ///
+    /// Only one purger runs at a time per database: it holds the MySQL named lock
+    /// `chat-retention:<database>` (`GET_LOCK(.., 0)`: a second one gets [`Purge::Busy`] at once;
+    /// the lock goes with the connection if the purger dies).
+    pub async fn purge_delivered(
+        &self,
+        older_than: Duration,
+        batch: u64,
+        pause: Duration,
+    ) -> Result<Purge, StoreError> {
+        let batch = batch.max(1);
+        // At most a century: keeps `NOW(6) - INTERVAL` in range.
+        let age_us = older_than.as_micros().min(100 * 366 * 86_400 * 1_000_000) as u64;
+        let mut conn = with_timeout(QUERY_TIMEOUT, self.pool.get_conn())
+            .await?
+            .map_err(StoreError::classify)?;
+        let locked: Option<Option<i64>> = self
+            .timed(conn.query_first("SELECT GET_LOCK(CONCAT('chat-retention:', DATABASE()), 0)"))
+            .await?;
+        if locked.flatten() != Some(1) {
+            return Ok(Purge::Busy);
+        }
+        let result = self.purge_locked(&mut conn, age_us, batch, pause).await;
+        let released = self
+            .timed(conn.query_drop("DO RELEASE_LOCK(CONCAT('chat-retention:', DATABASE()))"))
+            .await;
+        let deleted = result?;
+        released?;
+        Ok(Purge::Done(deleted))
+    }
+
+    async fn purge_locked(
+        &self,
+        conn: &mut mysql_async::Conn,
+        age_us: u64,
+        batch: u64,
+        pause: Duration,
+    ) -> Result<u64, StoreError> {
+        let mut deleted = 0;
+        // Walks the clients in key order, a page at a time; per page, deletes inside each
+        // client's delivered range of the messages primary key.
+        let mut after: Vec<u8> = Vec::new();
+        loop {
+            let page: Vec<(Vec<u8>, u64)> = self
+                .timed(conn.exec(
+                    "SELECT client_id, delivered_seq FROM cursors \
+                     WHERE client_id > ? AND delivered_seq > 0 ORDER BY client_id LIMIT ?",
+                    (&after, CLIENTS_PER_PASS),
+                ))
+                .await?;
+            let Some((last, _)) = page.last() else {
+                return Ok(deleted);
+            };
+            after = last.clone();
+            let ranges = page
+                .iter()
+                .map(|(id, seq)| format!("(client_id = X'{}' AND seq <= {seq})", hex(id)))
+                .collect::<Vec<_>>()
+                .join(" OR ");
+            let sql = format!(
+                "DELETE FROM messages WHERE ({ranges}) \
+                 AND enqueued_at < NOW(6) - INTERVAL ? MICROSECOND LIMIT {batch}"
+            );
+            deleted += self
+                .delete_batches(conn, &sql, age_us, batch, pause)
+                .await?;
+            // The delivery log and the dedupe keys of these clients, past the same age: a log row
+            // older than the cutoff covers only messages enqueued before it (deleted above when
+            // delivered), and a dedupe window never outlives the retention.
+            let ids = page
+                .iter()
+                .map(|(id, _)| format!("X'{}'", hex(id)))
+                .collect::<Vec<_>>()
+                .join(",");
+            for (table, column) in [("deliveries", "at"), ("dedupe", "created_at")] {
+                let sql = format!(
+                    "DELETE FROM {table} WHERE client_id IN ({ids}) \
+                     AND {column} < NOW(6) - INTERVAL ? MICROSECOND LIMIT {batch}"
+                );
+                self.delete_batches(conn, &sql, age_us, batch, pause)
+                    .await?;
+            }
+            if (page.len() as u64) < CLIENTS_PER_PASS {
+                return Ok(deleted);
+            }
+        }
+    }
+
+    /// Runs a `DELETE ... LIMIT batch` with `age_us` until it deletes less than `batch` rows,
+    /// pausing after each statement that deleted something; returns the rows deleted.
+    async fn delete_batches(
+        &self,
+        conn: &mut mysql_async::Conn,
+        sql: &str,
+        age_us: u64,
+        batch: u64,
+        pause: Duration,
+    ) -> Result<u64, StoreError> {
+        let mut deleted = 0;
+        loop {
+            let n = self
+                .timed(async {
+                    conn.exec_drop(sql, (age_us,)).await?;
+                    Ok(conn.affected_rows())
+                })
+                .await?;
+            deleted += n;
+            if n > 0 {
+                tokio::time::sleep(pause).await;
+            }
+            if n < batch {
+                return Ok(deleted);
+            }
+        }
+    }
+}
