@@ -1,12 +1,12 @@
 //! The enqueue side of the store: appending messages to client queues, one or many per transaction.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use mysql_async::prelude::*;
 use mysql_async::TxOpts;
 
-use super::{case_arms, hex, hex_list, NewMessage, Store, StoreError, Stored};
+use super::{hex, hex_list, NewMessage, Store, StoreError, Stored};
 use crate::ClientId;
 
 impl Store {
@@ -86,7 +86,8 @@ impl Store {
             // the batch, or the earlier message found in the dedupe table.
             let mut earlier: Vec<Option<Stored>> = vec![None; items.len()];
             let mut repeats: Vec<Option<usize>> = vec![None; items.len()];
-            if items.iter().any(|m| m.options.dedupe_key.is_some()) {
+            let locked = items.iter().any(|m| m.options.dedupe_key.is_some());
+            if locked {
                 // Lock the clients first: concurrent retries with one key queue up here, and each
                 // then sees the key the first one committed.
                 tx.query_drop(format!("SELECT id FROM clients WHERE id IN ({all_list}) FOR UPDATE"))
@@ -142,12 +143,24 @@ impl Store {
             }
             let ids: Vec<ClientId> = counts.keys().copied().collect();
             let list = hex_list(&ids);
-            let cases = case_arms(counts.iter().map(|(id, n)| (&id.as_bytes()[..], *n)));
-            // Row locks on every client of the batch, taken in one statement: seqs are in commit order.
-            tx.query_drop(format!(
-                "UPDATE clients SET last_seq = last_seq + CASE id{cases} END WHERE id IN ({list})"
-            ))
-            .await?;
+            // One UPDATE per distinct count (a CASE with an arm per client costs arms x rows).
+            let mut by_count: BTreeMap<u64, Vec<ClientId>> = BTreeMap::new();
+            for (id, n) in &counts {
+                by_count.entry(*n).or_default().push(*id);
+            }
+            if by_count.len() > 1 && !locked {
+                // Row locks on every client of the batch, in one statement (key order, so two
+                // batches never deadlock): seqs are in commit order.
+                tx.query_drop(format!("SELECT id FROM clients WHERE id IN ({list}) FOR UPDATE"))
+                    .await?;
+            }
+            for (n, ids) in &by_count {
+                tx.query_drop(format!(
+                    "UPDATE clients SET last_seq = last_seq + {n} WHERE id IN ({})",
+                    hex_list(ids)
+                ))
+                .await?;
+            }
             let rows: Vec<(Vec<u8>, u64)> = tx
                 .query(format!(
                     "SELECT id, last_seq FROM clients WHERE id IN ({list})"

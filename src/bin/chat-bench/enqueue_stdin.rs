@@ -60,7 +60,7 @@ pub async fn run(addr: SocketAddr, params: &Params, urls: &ServiceUrls) -> Resul
         "msg/s",
     )
     .note(format!(
-        "{} lines over {} offline clients, batches of 1000, process start to exit {secs:.2} s",
+        "{} lines over {} offline clients, batches of 5000, process start to exit {secs:.2} s",
         params.stdin_messages,
         ids.len()
     ))])

@@ -64,7 +64,7 @@ struct Args {
     #[arg(long, conflicts_with_all = ["clients", "text", "wait", "dedupe_key", "collapse_key"])]
     stdin: bool,
     /// Lines per transaction with --stdin.
-    #[arg(long, default_value_t = 1000,
+    #[arg(long, default_value_t = 5000,
           value_parser = clap::value_parser!(u16).range(1..=10_000).map(usize::from))]
     batch: usize,
     /// The client's id, as the node gave it in SET_CLIENT_ID; several as id1,id2,id3.
