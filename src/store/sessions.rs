@@ -1,0 +1,414 @@
+//! The delivery side of the store: sessions claim clients, read pending pages, and record how far they got.
+
+use std::collections::HashMap;
+
+use mysql_async::prelude::*;
+use mysql_async::TxOpts;
+
+use super::{
+    case_arms, hex, hex_list, Acquire, Claim, Fetch, Pending, Store, StoreError, SweepRow,
+};
+use crate::ClientId;
+
+/// The columns of a pending-message read after `client_id`: seq, id, body (empty once dropped),
+/// whether it was dropped, microseconds to its expiry, enqueue time in microseconds.
+const PENDING_COLUMNS: &str = "seq, id, IF(dropped = 0, body, ''), dropped <> 0, \
+     TIMESTAMPDIFF(MICROSECOND, NOW(6), expires_at), \
+     CAST(UNIX_TIMESTAMP(enqueued_at) * 1000000 AS UNSIGNED)";
+
+/// Microseconds to a message's expiry (`None`: no TTL).
+type ExpiresIn = Option<i64>;
+type PendingRow = (u64, u64, Vec<u8>, bool, ExpiresIn, u64);
+/// A [`PendingRow`] led by its client id.
+type ClientPendingRow = (Vec<u8>, u64, u64, Vec<u8>, bool, ExpiresIn, u64);
+
+fn pending((seq, id, body, dropped, expires_in_us, enqueued_at_us): PendingRow) -> Pending {
+    Pending {
+        seq,
+        id,
+        body,
+        dropped,
+        expires_in_us,
+        enqueued_at_us,
+    }
+}
+
+impl Store {
+    /// Creates a new client, already claimed by `node` (epoch 1, nothing delivered).
+    pub async fn create_client(&self, node: &str) -> Result<(ClientId, Claim), StoreError> {
+        let id = ClientId::random();
+        self.timed(async {
+            let mut conn = self.pool.get_conn().await?;
+            let mut tx = conn.start_transaction(TxOpts::default()).await?;
+            tx.exec_drop(
+                "INSERT INTO clients (id, session_epoch, owner_node, last_seen_at) \
+                 VALUES (?, 1, ?, NOW(6))",
+                (&id.as_bytes()[..], node),
+            )
+            .await?;
+            tx.exec_drop(
+                "INSERT INTO cursors (client_id, holder_epoch, holder_node) VALUES (?, 1, ?)",
+                (&id.as_bytes()[..], node),
+            )
+            .await?;
+            tx.commit().await
+        })
+        .await?;
+        Ok((
+            id,
+            Claim {
+                epoch: 1,
+                delivered_seq: 0,
+                holding: true,
+            },
+        ))
+    }
+
+    /// Claims existing clients for new sessions on `node`, in one transaction: bumps each one's
+    /// epoch, which fences off any older session of it, and takes the delivery right of those
+    /// nobody holds. Per id, in order: `None` when no such client exists. Each id at most once.
+    pub async fn claim_clients(
+        &self,
+        ids: &[ClientId],
+        node: &str,
+    ) -> Result<Vec<Option<Claim>>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let list = hex_list(ids);
+        self.timed(async {
+            let mut conn = self.pool.get_conn().await?;
+            let mut tx = conn.start_transaction(TxOpts::default()).await?;
+            tx.exec_drop(
+                format!(
+                    "UPDATE clients SET session_epoch = session_epoch + 1, owner_node = ?, \
+                     last_seen_at = NOW(6) WHERE id IN ({list})"
+                ),
+                (node,),
+            )
+            .await?;
+            // Our own writes, under our row locks: each client's new epoch.
+            let epochs: Vec<(Vec<u8>, u64)> = tx
+                .query(format!("SELECT id, session_epoch FROM clients WHERE id IN ({list})"))
+                .await?;
+            if epochs.is_empty() {
+                tx.rollback().await?;
+                return Ok(vec![None; ids.len()]);
+            }
+            let cases = case_arms(epochs.iter().map(|(id, epoch)| (&id[..], *epoch)));
+            tx.exec_drop(
+                format!(
+                    "UPDATE cursors SET holder_epoch = CASE client_id{cases} END, holder_node = ? \
+                     WHERE client_id IN ({list}) AND holder_epoch IS NULL"
+                ),
+                (node,),
+            )
+            .await?;
+            let cursors: Vec<(Vec<u8>, u64, Option<u64>)> = tx
+                .query(format!(
+                    "SELECT client_id, delivered_seq, holder_epoch FROM cursors WHERE client_id IN ({list})"
+                ))
+                .await?;
+            tx.commit().await?;
+            let epochs: HashMap<Vec<u8>, u64> = epochs.into_iter().collect();
+            let cursors: HashMap<Vec<u8>, (u64, Option<u64>)> = cursors
+                .into_iter()
+                .map(|(id, seq, holder)| (id, (seq, holder)))
+                .collect();
+            Ok(ids
+                .iter()
+                .map(|id| {
+                    let key = &id.as_bytes()[..];
+                    let epoch = *epochs.get(key)?;
+                    let (delivered_seq, holder) = *cursors.get(key)?;
+                    Some(Claim {
+                        epoch,
+                        delivered_seq,
+                        holding: holder == Some(epoch),
+                    })
+                })
+                .collect())
+        })
+        .await
+    }
+
+    /// The next pending messages of many sessions, in two statements (one for the epochs, one for
+    /// the messages). Per request (client, epoch, after_seq, limit), in order: the next `limit`
+    /// messages after `after_seq` if session `epoch` still owns the client, else `Stale`. Seqs of a
+    /// client are contiguous, so `seq BETWEEN after+1 AND after+limit` is exactly its next page.
+    pub async fn fetch_pending_many(
+        &self,
+        requests: &[(ClientId, u64, u64, usize)],
+    ) -> Result<Vec<Fetch>, StoreError> {
+        if requests.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<ClientId> = requests.iter().map(|r| r.0).collect();
+        let list = hex_list(&ids);
+        let ranges = requests
+            .iter()
+            .map(|(id, _, after, limit)| {
+                format!(
+                    "(client_id = X'{}' AND seq BETWEEN {} AND {})",
+                    hex(id.as_bytes()),
+                    after + 1,
+                    after + *limit as u64
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" OR ");
+        let (heads, rows) = self
+            .timed(async {
+                let mut conn = self.pool.get_conn().await?;
+                let heads: Vec<(Vec<u8>, u64, u64)> = conn
+                    .query(format!(
+                        "SELECT id, session_epoch, last_seq FROM clients WHERE id IN ({list})"
+                    ))
+                    .await?;
+                let rows: Vec<ClientPendingRow> = conn
+                    .query(format!(
+                        "SELECT client_id, {PENDING_COLUMNS} FROM messages WHERE {ranges} \
+                         ORDER BY client_id, seq"
+                    ))
+                    .await?;
+                Ok((heads, rows))
+            })
+            .await?;
+        let heads: HashMap<Vec<u8>, (u64, u64)> = heads
+            .into_iter()
+            .map(|(id, epoch, last)| (id, (epoch, last)))
+            .collect();
+        let mut pages: HashMap<Vec<u8>, Vec<Pending>> = HashMap::new();
+        for (client, seq, id, body, dropped, expires, enqueued) in rows {
+            pages
+                .entry(client)
+                .or_default()
+                .push(pending((seq, id, body, dropped, expires, enqueued)));
+        }
+        let mut out = Vec::with_capacity(requests.len());
+        for (id, epoch, after, limit) in requests {
+            let key = &id.as_bytes()[..];
+            let Some(&(_, last_seq)) = heads.get(key).filter(|(e, _)| e == epoch) else {
+                out.push(Fetch::Stale);
+                continue;
+            };
+            let page = pages.remove(key).unwrap_or_default();
+            // The range read assumes seqs without gaps. If it found nothing although messages
+            // are pending, or stopped short, there is a gap (rows removed by hand, or a restore):
+            // read this client alone, by order instead of by range.
+            let short = page.last().map_or(*after, |m| m.seq) < last_seq.min(after + *limit as u64);
+            if short {
+                out.push(Fetch::Owned(self.fetch_after(*id, *after, *limit).await?));
+            } else {
+                out.push(Fetch::Owned(page));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The next `limit` messages of one client after `after`, by order (gaps allowed).
+    async fn fetch_after(
+        &self,
+        id: ClientId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Pending>, StoreError> {
+        let rows: Vec<PendingRow> = self
+            .timed(async {
+                let mut conn = self.pool.get_conn().await?;
+                conn.exec(
+                    format!(
+                        "SELECT {PENDING_COLUMNS} FROM messages WHERE client_id = ? AND seq > ? \
+                         ORDER BY seq LIMIT ?"
+                    ),
+                    (&id.as_bytes()[..], after, limit as u64),
+                )
+                .await
+            })
+            .await?;
+        Ok(rows.into_iter().map(pending).collect())
+    }
+
+    /// Marks messages of one client expired: a session found their time run out and skips them.
+    pub async fn mark_expired(&self, id: ClientId, seqs: &[u64]) -> Result<(), StoreError> {
+        if seqs.is_empty() {
+            return Ok(());
+        }
+        let list = seqs
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        self.timed(async {
+            let mut conn = self.pool.get_conn().await?;
+            conn.exec_drop(
+                format!(
+                    "UPDATE messages SET dropped = 1, dropped_at = NOW(6) \
+                     WHERE client_id = ? AND seq IN ({list}) AND dropped = 0"
+                ),
+                (&id.as_bytes()[..],),
+            )
+            .await
+        })
+        .await
+    }
+
+    /// Takes the right to deliver to `id` for session `epoch` of `node`: granted when nobody holds
+    /// it, or with `force` (the holder is gone). Returns the cursor the holder left.
+    pub async fn acquire(
+        &self,
+        id: ClientId,
+        epoch: u64,
+        node: &str,
+        force: bool,
+    ) -> Result<Acquire, StoreError> {
+        self.timed(async {
+            let mut conn = self.pool.get_conn().await?;
+            conn.exec_drop(
+                "UPDATE cursors d JOIN clients c ON c.id = d.client_id \
+                 SET d.holder_epoch = ?, d.holder_node = ? \
+                 WHERE d.client_id = ? AND c.session_epoch = ? \
+                 AND (d.holder_epoch IS NULL OR d.holder_epoch = ? OR ?)",
+                (epoch, node, &id.as_bytes()[..], epoch, epoch, force),
+            )
+            .await?;
+            let acquired = conn.affected_rows() == 1;
+            let row: Option<(u64, u64, Option<String>)> = conn
+                .exec_first(
+                    "SELECT c.session_epoch, d.delivered_seq, d.holder_node \
+                     FROM clients c JOIN cursors d ON d.client_id = c.id WHERE c.id = ?",
+                    (&id.as_bytes()[..],),
+                )
+                .await?;
+            Ok(match row {
+                Some((_, delivered_seq, _)) if acquired => Acquire::Acquired { delivered_seq },
+                Some((current, _, holder_node)) if current == epoch => {
+                    Acquire::Busy { holder_node }
+                }
+                _ => Acquire::Stale,
+            })
+        })
+        .await
+    }
+
+    /// Records, for many sessions in one transaction (group commit), that every message up to
+    /// `seq` is done (written, or acknowledged in acknowledged mode): one statement for the
+    /// cursors, one for the delivery log. One entry per (client, epoch, seq, acknowledged), each
+    /// client at most once. Per entry: `false` when session `epoch` no longer holds the delivery
+    /// right (nothing recorded for it).
+    pub async fn mark_delivered_many(
+        &self,
+        entries: &[(ClientId, u64, u64, bool)],
+    ) -> Result<Vec<bool>, StoreError> {
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<ClientId> = entries.iter().map(|e| e.0).collect();
+        let list = hex_list(&ids);
+        let seqs = case_arms(
+            entries
+                .iter()
+                .map(|(id, _, seq, _)| (&id.as_bytes()[..], *seq)),
+        );
+        let epochs = case_arms(
+            entries
+                .iter()
+                .map(|(id, epoch, _, _)| (&id.as_bytes()[..], *epoch)),
+        );
+        self.timed(async {
+            let mut conn = self.pool.get_conn().await?;
+            let mut tx = conn.start_transaction(TxOpts::default()).await?;
+            tx.query_drop(format!(
+                "UPDATE cursors SET delivered_seq = GREATEST(delivered_seq, CASE client_id{seqs} END) \
+                 WHERE client_id IN ({list}) AND holder_epoch = CASE client_id{epochs} END"
+            ))
+            .await?;
+            let held = if tx.affected_rows() == entries.len() as u64 {
+                vec![true; entries.len()]
+            } else {
+                // Some sessions lost the right: find which.
+                let holders: Vec<(Vec<u8>, Option<u64>)> = tx
+                    .query(format!("SELECT client_id, holder_epoch FROM cursors WHERE client_id IN ({list})"))
+                    .await?;
+                let holders: HashMap<Vec<u8>, Option<u64>> = holders.into_iter().collect();
+                entries
+                    .iter()
+                    .map(|(id, epoch, _, _)| holders.get(&id.as_bytes()[..]).copied().flatten() == Some(*epoch))
+                    .collect()
+            };
+            let log = entries
+                .iter()
+                .zip(&held)
+                .filter(|(_, held)| **held)
+                .map(|((id, _, seq, acked), _)| format!("(X'{}', {seq}, {})", hex(id.as_bytes()), u8::from(*acked)))
+                .collect::<Vec<_>>();
+            if !log.is_empty() {
+                tx.query_drop(format!(
+                    "INSERT IGNORE INTO deliveries (client_id, upto_seq, acked) VALUES {}",
+                    log.join(", ")
+                ))
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(held)
+        })
+        .await
+    }
+
+    /// Ends session `epoch`'s delivery right, recording its final cursor, so that the next session
+    /// starts right after it. A no-op for a session that does not hold the right.
+    pub async fn release_client(
+        &self,
+        id: ClientId,
+        epoch: u64,
+        delivered_seq: u64,
+        acked: bool,
+    ) -> Result<(), StoreError> {
+        self.timed(async {
+            let mut conn = self.pool.get_conn().await?;
+            let mut tx = conn.start_transaction(TxOpts::default()).await?;
+            tx.exec_drop(
+                "UPDATE cursors SET delivered_seq = GREATEST(delivered_seq, ?), holder_epoch = NULL, \
+                 holder_node = NULL WHERE client_id = ? AND holder_epoch = ?",
+                (delivered_seq, &id.as_bytes()[..], epoch),
+            )
+            .await?;
+            if tx.affected_rows() == 1 && delivered_seq > 0 {
+                tx.exec_drop(
+                    "INSERT IGNORE INTO deliveries (client_id, upto_seq, acked) VALUES (?, ?, ?)",
+                    (&id.as_bytes()[..], delivered_seq, acked),
+                )
+                .await?;
+            }
+            tx.commit().await
+        })
+        .await
+    }
+
+    /// Current epoch and pending flag of each given client (unknown ids are left out), in one
+    /// statement: pass at most [`SWEEP_CHUNK`] ids.
+    pub async fn sweep(&self, ids: &[ClientId]) -> Result<Vec<SweepRow>, StoreError> {
+        let list = hex_list(ids);
+        let sql = format!(
+            "SELECT c.id, c.session_epoch, GREATEST(c.last_seq, d.delivered_seq) - d.delivered_seq \
+             FROM clients c JOIN cursors d ON d.client_id = c.id WHERE c.id IN ({list})"
+        );
+        let rows: Vec<(Vec<u8>, u64, u64)> = self
+            .timed(async {
+                let mut conn = self.pool.get_conn().await?;
+                conn.query(sql).await
+            })
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(id, epoch, pending)| {
+                Some(SweepRow {
+                    client_id: ClientId::from_slice(&id)?,
+                    epoch,
+                    has_pending: pending > 0,
+                    pending,
+                })
+            })
+            .collect())
+    }
+}
