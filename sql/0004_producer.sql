@@ -2,7 +2,8 @@
 --
 -- messages.expires_at: --ttl; a message whose time has run out is never delivered.
 -- messages.collapse_key: --collapse-key; a newer message with the same key replaces a pending one.
--- messages.dropped: 0 live, 1 expired (a node skipped it), 2 replaced (by replaced_by); a dropped
+-- messages.dropped: 0 live, 1 expired (a node skipped it), 2 replaced (by replaced_by), 3 purged
+-- (chat-admin purge --pending); a dropped
 -- message stays in its queue until retention removes it, so the node can tell the client how many
 -- it missed (DROPPED <n>) and the producer can read why (chat-enqueue status).
 -- dedupe: --dedupe-key; one row per (client, key): the first message's id and seq, for the dedupe

@@ -28,11 +28,13 @@ pub async fn run(node: Arc<Node>, stop: CancellationToken) {
         }
         let purge = tokio::select! {
             _ = stop.cancelled() => return,
-            purge = node.store.purge_delivered(keep, BATCH, PAUSE) => purge,
+            purge = node.store.purge_delivered(keep, BATCH, PAUSE, false) => purge,
         };
         match purge {
-            Ok(Purge::Done(0)) => debug!("retention: nothing to purge"),
-            Ok(Purge::Done(deleted)) => info!(deleted, "retention: purged delivered messages"),
+            Ok(Purge::Done { deleted: 0, .. }) => debug!("retention: nothing to purge"),
+            Ok(Purge::Done { deleted, .. }) => {
+                info!(deleted, "retention: purged delivered messages")
+            }
             Ok(Purge::Busy) => debug!("retention: another node is purging"),
             Err(e) => warn!(error = %e, "retention: purge failed; trying again next interval"),
         }

@@ -80,7 +80,8 @@ enum Cmd {
     /// List the cluster-wide bans (not the nodes' own --ban/--ban-file bans).
     Bans,
     /// Delete delivered messages enqueued before a cutoff, in small batches; undelivered ones are
-    /// never deleted.
+    /// never deleted (with --pending they are dropped: the client is told, the producer reads
+    /// `purged`).
     Purge {
         /// Age: 7d, 12h, 30m, 45s; a bare number is days.
         #[arg(long, value_parser = config::parse_age)]
@@ -91,6 +92,10 @@ enum Cmd {
         /// Milliseconds to pause after each statement that deleted rows.
         #[arg(long, default_value_t = 10)]
         pause_ms: u64,
+        /// Also drop undelivered messages older than the cutoff: their bodies are erased, the
+        /// client gets `DROPPED <n>` for them, `chat-enqueue status` says `purged`.
+        #[arg(long)]
+        pending: bool,
     },
 }
 
@@ -350,13 +355,21 @@ async fn run(args: &Args, store: &Store) -> Outcome {
             older_than,
             batch,
             pause_ms,
+            pending,
         } => {
+            let pause = Duration::from_millis(*pause_ms);
             let purge = store
-                .purge_delivered(*older_than, *batch, Duration::from_millis(*pause_ms))
+                .purge_delivered(*older_than, *batch, pause, *pending)
                 .await
                 .map_err(db)?;
             match purge {
-                Purge::Done(deleted) => Ok((
+                Purge::Done { deleted, dropped } if *pending => Ok((
+                    format!(
+                        "deleted {deleted} delivered messages; dropped {dropped} undelivered                          messages (their clients get DROPPED lines)"
+                    ),
+                    json!({"deleted": deleted, "dropped": dropped}),
+                )),
+                Purge::Done { deleted, .. } => Ok((
                     format!("deleted {deleted} delivered messages"),
                     json!({"deleted": deleted}),
                 )),

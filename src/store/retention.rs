@@ -14,8 +14,8 @@ const CLIENTS_PER_PASS: u64 = 200;
 pub enum Purge {
     /// Another purger (a node's retention task or `chat-admin purge`) holds the lock.
     Busy,
-    /// Rows deleted.
-    Done(u64),
+    /// Delivered rows deleted, and (with `pending`) undelivered rows dropped as purged.
+    Done { deleted: u64, dropped: u64 },
 }
 
 impl Store {
@@ -26,11 +26,17 @@ impl Store {
     /// Only one purger runs at a time per database: it holds the MySQL named lock
     /// `chat-retention:<database>` (`GET_LOCK(.., 0)`: a second one gets [`Purge::Busy`] at once;
     /// the lock goes with the connection if the purger dies).
+    ///
+    /// With `pending`, undelivered messages past the age are not deleted but dropped: marked
+    /// `dropped = 3` (purged) with their body emptied, so the client gets `DROPPED <n>` for them
+    /// and their producer reads `purged`; once the client's cursor passes them a later purge
+    /// deletes them like any delivered row.
     pub async fn purge_delivered(
         &self,
         older_than: Duration,
         batch: u64,
         pause: Duration,
+        pending: bool,
     ) -> Result<Purge, StoreError> {
         let batch = batch.max(1);
         // At most a century: keeps `NOW(6) - INTERVAL` in range.
@@ -44,13 +50,15 @@ impl Store {
         if locked.flatten() != Some(1) {
             return Ok(Purge::Busy);
         }
-        let result = self.purge_locked(&mut conn, age_us, batch, pause).await;
+        let result = self
+            .purge_locked(&mut conn, age_us, batch, pause, pending)
+            .await;
         let released = self
             .timed(conn.query_drop("DO RELEASE_LOCK(CONCAT('chat-retention:', DATABASE()))"))
             .await;
-        let deleted = result?;
+        let (deleted, dropped) = result?;
         released?;
-        Ok(Purge::Done(deleted))
+        Ok(Purge::Done { deleted, dropped })
     }
 
     async fn purge_locked(
@@ -59,8 +67,11 @@ impl Store {
         age_us: u64,
         batch: u64,
         pause: Duration,
-    ) -> Result<u64, StoreError> {
-        let mut deleted = 0;
+        pending: bool,
+    ) -> Result<(u64, u64), StoreError> {
+        let (mut deleted, mut dropped) = (0, 0);
+        // Clients with nothing delivered have nothing to delete, but may have pending rows.
+        let min_delivered = u64::from(!pending);
         // Walks the clients in key order, a page at a time; per page, deletes inside each
         // client's delivered range of the messages primary key.
         let mut after: Vec<u8> = Vec::new();
@@ -68,12 +79,12 @@ impl Store {
             let page: Vec<(Vec<u8>, u64)> = self
                 .timed(conn.exec(
                     "SELECT client_id, delivered_seq FROM cursors \
-                     WHERE client_id > ? AND delivered_seq > 0 ORDER BY client_id LIMIT ?",
-                    (&after, CLIENTS_PER_PASS),
+                     WHERE client_id > ? AND delivered_seq >= ? ORDER BY client_id LIMIT ?",
+                    (&after, min_delivered, CLIENTS_PER_PASS),
                 ))
                 .await?;
             let Some((last, _)) = page.last() else {
-                return Ok(deleted);
+                return Ok((deleted, dropped));
             };
             after = last.clone();
             let ranges = page
@@ -88,6 +99,21 @@ impl Store {
             deleted += self
                 .delete_batches(conn, &sql, age_us, batch, pause)
                 .await?;
+            if pending {
+                let ranges = page
+                    .iter()
+                    .map(|(id, seq)| format!("(client_id = X'{}' AND seq > {seq})", hex(id)))
+                    .collect::<Vec<_>>()
+                    .join(" OR ");
+                let sql = format!(
+                    "UPDATE messages SET dropped = 3, dropped_at = NOW(6), body = '' \
+                     WHERE ({ranges}) AND dropped = 0 \
+                     AND enqueued_at < NOW(6) - INTERVAL ? MICROSECOND LIMIT {batch}"
+                );
+                dropped += self
+                    .delete_batches(conn, &sql, age_us, batch, pause)
+                    .await?;
+            }
             // The delivery log and the dedupe keys of these clients, past the same age: a log row
             // older than the cutoff covers only messages enqueued before it (deleted above when
             // delivered), and a dedupe window never outlives the retention.
@@ -105,13 +131,13 @@ impl Store {
                     .await?;
             }
             if (page.len() as u64) < CLIENTS_PER_PASS {
-                return Ok(deleted);
+                return Ok((deleted, dropped));
             }
         }
     }
 
-    /// Runs a `DELETE ... LIMIT batch` with `age_us` until it deletes less than `batch` rows,
-    /// pausing after each statement that deleted something; returns the rows deleted.
+    /// Runs a `DELETE` (or `UPDATE`) `... LIMIT batch` with `age_us` until it changes less than
+    /// `batch` rows, pausing after each statement that changed something; returns the rows.
     async fn delete_batches(
         &self,
         conn: &mut mysql_async::Conn,

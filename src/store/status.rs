@@ -23,6 +23,8 @@ pub enum MessageState {
     Expired,
     /// A newer message with its collapse key replaced it before delivery.
     Replaced,
+    /// An operator dropped it undelivered (`chat-admin purge --pending`).
+    Purged,
 }
 
 impl MessageState {
@@ -34,6 +36,7 @@ impl MessageState {
             MessageState::Acknowledged => "acknowledged",
             MessageState::Expired => "expired",
             MessageState::Replaced => "replaced",
+            MessageState::Purged => "purged",
         }
     }
 
@@ -60,6 +63,8 @@ pub struct MessageStatus {
     /// When it expired: when a node skipped it, or its deadline if no node has looked since.
     pub expired_at: Option<SystemTime>,
     pub replaced_at: Option<SystemTime>,
+    /// When an operator dropped it undelivered.
+    pub purged_at: Option<SystemTime>,
     /// The message that replaced it.
     pub replaced_by: Option<u64>,
 }
@@ -142,9 +147,14 @@ fn status(row: StatusRow) -> Option<MessageStatus> {
         acknowledged_at: None,
         expired_at: None,
         replaced_at: None,
+        purged_at: None,
         replaced_by,
     };
     match dropped {
+        3 => {
+            s.state = MessageState::Purged;
+            s.purged_at = dropped_at;
+        }
         2 => {
             s.state = MessageState::Replaced;
             s.replaced_at = dropped_at;

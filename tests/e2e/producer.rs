@@ -456,3 +456,44 @@ fn the_library_example_stores_waits_and_reads_states() {
     assert!(text.contains("the retry was a duplicate: true"), "{text}");
     assert_eq!(text.matches(": delivered").count(), 2, "{text}");
 }
+
+#[test]
+fn an_operator_purge_of_pending_messages_is_reported_to_client_and_producer() {
+    let env = Env::new("pr_purge");
+    let node = env.node("a", &[]);
+    let mut c = node.connect();
+    let id = c.register();
+    c.disconnect();
+    let old = first_id(&enqueue_expect(&env, &[&id, "stale news"], 0));
+    let new = first_id(&enqueue_expect(&env, &[&id, "fresh news"], 0));
+    env.query(&format!(
+        "UPDATE messages SET enqueued_at = enqueued_at - INTERVAL 2 DAY WHERE id = {old}"
+    ));
+    // Without --pending an undelivered message is never touched.
+    let out = env.admin(&["purge", "--older-than", "1d"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(state(&status(&env, &[old])[0]), "queued");
+    let out = env.admin(&["purge", "--older-than", "1d", "--pending"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("dropped 1 undelivered"),
+        "{}",
+        stdout(&out)
+    );
+    let found = status(&env, &[old, new]);
+    assert_eq!(state(&found[0]), "purged", "{}", found[0]);
+    assert!(found[0]["purged_at"].is_string(), "{}", found[0]);
+    assert_eq!(state(&found[1]), "queued", "{}", found[1]);
+    // The body is gone from the database; the client learns it missed one.
+    assert_eq!(
+        env.count(&format!(
+            "SELECT LENGTH(body) FROM messages WHERE id = {old}"
+        )),
+        0
+    );
+    let mut c = node.connect();
+    c.resume(&id);
+    c.expect("DROPPED 1");
+    c.expect("MESSAGE: fresh news");
+    c.expect_silence(Duration::from_millis(300));
+}

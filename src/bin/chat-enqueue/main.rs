@@ -25,7 +25,7 @@ the message is delivered later); 1 MySQL unreachable or failed, nothing stored u
 hit the commit itself; 2 invalid arguments or text, nothing stored (--stdin: some lines refused, \
 the others stored); 3 unknown client id, nothing stored for it. With --wait: 0 delivered (plain \
 session), 4 acknowledged (acknowledged session), 5 still queued when the time ran out, 6 expired, \
-7 replaced; with several messages the least advanced one decides.";
+7 replaced, 8 purged by an operator; with several messages the least advanced one decides.";
 
 /// Stores a message durably for one or more clients and notifies the nodes that hold them.
 ///

@@ -21,9 +21,11 @@ pub const EXIT_PENDING: u8 = 5;
 pub const EXIT_EXPIRED: u8 = 6;
 /// Exit status with `--wait`: replaced by a newer message with its collapse key.
 pub const EXIT_REPLACED: u8 = 7;
+/// Exit status with `--wait`: dropped undelivered by an operator (`chat-admin purge --pending`).
+pub const EXIT_PURGED: u8 = 8;
 
 /// The exit status for messages waited on: the least advanced one decides (queued, then expired,
-/// replaced, delivered, acknowledged); a message that no longer exists counts as unknown.
+/// replaced, purged, delivered, acknowledged); a message that no longer exists counts as unknown.
 pub fn wait_exit(ids: &[u64], statuses: &[MessageStatus]) -> u8 {
     if ids.iter().any(|id| !statuses.iter().any(|s| s.id == *id)) {
         return EXIT_UNKNOWN;
@@ -32,13 +34,15 @@ pub fn wait_exit(ids: &[u64], statuses: &[MessageStatus]) -> u8 {
         MessageState::Queued => 0,
         MessageState::Expired => 1,
         MessageState::Replaced => 2,
-        MessageState::Delivered => 3,
-        MessageState::Acknowledged => 4,
+        MessageState::Purged => 3,
+        MessageState::Delivered => 4,
+        MessageState::Acknowledged => 5,
     };
     match statuses.iter().map(|s| s.state).min_by_key(|s| rank(*s)) {
         Some(MessageState::Queued) => EXIT_PENDING,
         Some(MessageState::Expired) => EXIT_EXPIRED,
         Some(MessageState::Replaced) => EXIT_REPLACED,
+        Some(MessageState::Purged) => EXIT_PURGED,
         Some(MessageState::Acknowledged) => EXIT_ACKNOWLEDGED,
         Some(MessageState::Delivered) | None => EXIT_OK,
     }
@@ -67,6 +71,7 @@ pub fn text(ids: &[u64], statuses: &[MessageStatus]) -> String {
             ("acknowledged", s.acknowledged_at),
             ("expired", s.expired_at),
             ("replaced", s.replaced_at),
+            ("purged", s.purged_at),
         ] {
             if let Some(at) = at {
                 out.push_str(&format!(" {name}={}", time(at)));
@@ -97,6 +102,7 @@ pub fn json(ids: &[u64], statuses: &[MessageStatus]) -> String {
                 "acknowledged_at": s.acknowledged_at.map(time),
                 "expired_at": s.expired_at.map(time),
                 "replaced_at": s.replaced_at.map(time),
+                "purged_at": s.purged_at.map(time),
                 "replaced_by": s.replaced_by,
             }),
         })
