@@ -22,6 +22,8 @@ struct InFlight {
     seq: u64,
     id: u64,
     acked: bool,
+    /// Past this, an acknowledgement comes too late: the message counts as expired.
+    deadline: Option<Instant>,
 }
 
 /// Delivery state of one session. In plain mode a message is done once written; in acknowledged
@@ -49,6 +51,9 @@ pub struct Cursor {
     handoff_poll: Duration,
     /// Since when the previous holder's node has had no heartbeat, without interruption.
     holder_missing_since: Option<Instant>,
+    /// Acknowledged mode: seqs acknowledged after their deadline, to be marked expired in MySQL
+    /// before the cursor that covers them is recorded.
+    late: Vec<u64>,
 }
 
 impl Cursor {
@@ -67,6 +72,7 @@ impl Cursor {
             backoff: FIRST_BACKOFF,
             handoff_poll: HANDOFF_POLL,
             holder_missing_since: None,
+            late: Vec::new(),
         }
     }
 
@@ -103,6 +109,7 @@ impl Cursor {
                 seq: m.seq,
                 id: m.id,
                 acked: m.dropped,
+                deadline: m.deadline,
             }));
             self.advance();
         }
@@ -119,7 +126,20 @@ impl Cursor {
             .find(|m| m.id == id && !m.acked)
             .ok_or(SessionError::NotInFlight(id))?;
         entry.acked = true;
+        if entry.deadline.is_some_and(|d| d <= Instant::now()) {
+            self.late.push(entry.seq);
+        }
         Ok(self.advance())
+    }
+
+    /// Seqs acknowledged too late (after their deadline), not yet marked expired in MySQL.
+    pub fn late(&self) -> &[u64] {
+        &self.late
+    }
+
+    /// The late acknowledgements are marked in MySQL.
+    pub fn late_marked(&mut self) {
+        self.late.clear();
     }
 
     /// Moves the acknowledged cursor over the acknowledged front of the window; `true` if it moved
@@ -211,8 +231,25 @@ mod tests {
             dropped: false,
             expires_in_us: None,
             enqueued_at_us: 0,
+            deadline: None,
         })
         .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_ack_after_the_deadline_is_late() {
+        let mut c = Cursor::new(&claim(0), Some(10), Instant::now());
+        let mut page = msgs(1..=2);
+        page[0].deadline = Some(Instant::now() + Duration::from_secs(1));
+        page[1].deadline = Some(Instant::now() + Duration::from_secs(5));
+        c.written(&page);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(c.ack(1001), Ok(true));
+        assert_eq!(c.ack(1002), Ok(true));
+        assert_eq!(c.late(), &[1]);
+        c.late_marked();
+        assert!(c.late().is_empty());
+        assert_eq!(c.done(), 2);
     }
 
     #[test]

@@ -12,6 +12,8 @@ pub use crate::store::{MessageOptions, MessageState};
 
 /// Default dedupe window: a retry with the same key within it stores nothing.
 pub const DEFAULT_DEDUPE_WINDOW: Duration = Duration::from_secs(24 * 3600);
+/// Longest dedupe window: retention keeps dedupe keys at least this long.
+pub const MAX_DEDUPE_WINDOW: Duration = crate::store::DEDUPE_KEEP;
 /// Longest TTL accepted (MySQL TIMESTAMP columns end in 2038).
 pub const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Longest dedupe or collapse key, in bytes.
@@ -128,9 +130,10 @@ impl Enqueuer {
         }
     }
 
-    /// How long a dedupe key is remembered (default [`DEFAULT_DEDUPE_WINDOW`]).
+    /// How long a dedupe key is remembered (default [`DEFAULT_DEDUPE_WINDOW`], at most
+    /// [`MAX_DEDUPE_WINDOW`]).
     pub fn with_dedupe_window(mut self, window: Duration) -> Enqueuer {
-        self.dedupe_window = window;
+        self.dedupe_window = window.min(MAX_DEDUPE_WINDOW);
         self
     }
 
@@ -186,8 +189,9 @@ impl Enqueuer {
     }
 
     /// Waits until every given message that exists is no longer queued (delivered, acknowledged,
-    /// expired or replaced), or `limit` has passed; returns their last states. Polls MySQL,
-    /// starting at 5 ms and backing off to 250 ms.
+    /// expired, replaced or purged), or `limit` has passed; returns their last states. Polls
+    /// MySQL, starting at 5 ms and backing off to 250 ms; a failed read is retried until `limit`
+    /// (`Err` only when no read succeeded at all).
     pub async fn wait(
         &self,
         ids: &[u64],
@@ -195,11 +199,17 @@ impl Enqueuer {
     ) -> Result<Vec<MessageStatus>, StoreError> {
         let deadline = Instant::now() + limit;
         let mut pause = WAIT_POLL_FIRST;
+        let mut last = Err(StoreError::Timeout(limit));
         loop {
-            let statuses = self.store.message_status(ids).await?;
+            match self.store.message_status(ids).await {
+                Ok(statuses) if statuses.iter().all(|s| s.state.is_final()) => return Ok(statuses),
+                Ok(statuses) => last = Ok(statuses),
+                Err(e) if last.is_err() => last = Err(e),
+                Err(_) => {}
+            }
             let now = Instant::now();
-            if statuses.iter().all(|s| s.state.is_final()) || now >= deadline {
-                return Ok(statuses);
+            if now >= deadline {
+                return last;
             }
             tokio::time::sleep(pause.min(deadline - now)).await;
             pause = (pause * 2).min(WAIT_POLL_MAX);

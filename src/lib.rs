@@ -6,7 +6,7 @@
 //! - [`store`]: MySQL: every SQL statement and the migrations runner.
 //! - [`bus`]: Redis: which node holds which client, and node-to-node notifications.
 //! - [`registry`]: this node's live sessions, by client id.
-//! - [`session`]: one client's life: handshake, delivery loop, cleanup.
+//! - [`session`]: one client's life: handshake, delivery loop, cleanup; [`round`]: one delivery round (pages, dropped runs).
 //! - [`delivery`]: a session's cursor: written, acknowledged, recorded.
 //! - [`batcher`]: group commit: the MySQL reads and writes of many sessions as one statement.
 //! - [`server`]: listeners, accept loop, background sweeps, shutdown.
@@ -36,6 +36,7 @@ pub mod protocol;
 pub mod proxy;
 pub mod registry;
 pub mod retention;
+pub mod round;
 pub mod server;
 pub mod session;
 pub mod stats;

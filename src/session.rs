@@ -16,9 +16,10 @@ use crate::codec::{LineCodec, LineError};
 use crate::delivery::Cursor;
 use crate::protocol::{self, ByeReason, Command, Identity, Reply, SessionError};
 use crate::registry::Registration;
+use crate::round::{self, Stale};
 use crate::server::Node;
 use crate::stats;
-use crate::store::{Acquire, Claim, Fetch};
+use crate::store::{Acquire, Claim};
 use crate::ClientId;
 
 /// Socket read buffer per connection; a longer line is assembled in the codec, up to `--max-line`.
@@ -269,69 +270,25 @@ impl<S: AsyncRead + AsyncWrite> Session<S> {
         if !cursor.holding && !self.take_over(reg, cursor).await? {
             return Ok(());
         }
-        let room = cursor.room(self.node.config.page_size);
-        if room == 0 {
-            return Ok(());
-        }
         let node = self.node.clone();
-        let fetched = node
-            .fetches
-            .call((reg.client_id, reg.epoch, cursor.sent, room))
-            .await;
-        let messages = match fetched {
-            Ok(Fetch::Owned(messages)) => messages,
-            Ok(Fetch::Stale) => return Err(End::TakenOver),
-            Err(e) => {
-                warn!(error = %e, "could not read pending messages; will retry");
-                cursor.failed();
-                return Ok(());
-            }
+        let round = match round::take(&node, reg, cursor, &mut self.out).await {
+            Ok(round) => round,
+            Err(Stale) => return Err(End::TakenOver),
         };
-        if messages.is_empty() {
-            return Ok(());
-        }
-        let mut messages = messages;
-        // A message past its deadline is never written: mark it expired first, so that its
-        // producer reads why, then count it in a DROPPED line with the replaced ones.
-        let expired: Vec<u64> = messages
-            .iter_mut()
-            .filter(|m| !m.dropped && m.expires_in_us.is_some_and(|us| us <= 0))
-            .map(|m| {
-                m.dropped = true;
-                m.seq
-            })
-            .collect();
-        if let Err(e) = self.node.store.mark_expired(reg.client_id, &expired).await {
-            warn!(error = %e, "could not mark expired messages; will retry");
+        if round.failed {
             cursor.failed();
+        }
+        if round.taken.is_empty() {
             return Ok(());
-        }
-        stats::fetched(messages.len());
-        let mut dropped = 0;
-        for message in &messages {
-            if message.dropped {
-                dropped += 1;
-                continue;
-            }
-            if dropped > 0 {
-                self.out_reply(Reply::Dropped(dropped));
-                dropped = 0;
-            }
-            let reply = if cursor.acknowledged() {
-                Reply::AckedMessage(message.id, &message.body)
-            } else {
-                Reply::Message(&message.body)
-            };
-            self.out_reply(reply);
-        }
-        if dropped > 0 {
-            self.out_reply(Reply::Dropped(dropped));
         }
         self.flush().await?;
-        stats::delivered(&messages, cursor.acknowledged());
-        cursor.written(&messages);
-        debug!(count = messages.len(), seq = cursor.sent, "written");
-        if messages.len() == room {
+        if !cursor.acknowledged() {
+            round::mark_late_writes(&node, reg, &round.taken).await;
+        }
+        stats::delivered(&round.taken, cursor.acknowledged());
+        cursor.written(&round.taken);
+        debug!(count = round.taken.len(), seq = cursor.sent, "written");
+        if round.more && !round.failed {
             // More may wait: come back after giving commands and shutdown a turn.
             reg.wake.notify_one();
         }
@@ -390,6 +347,12 @@ impl<S: AsyncRead + AsyncWrite> Session<S> {
         let Some(done) = cursor.unrecorded() else {
             return Ok(());
         };
+        // Acknowledged too late: expired, and marked so before the cursor passes them.
+        if let Err(e) = self.mark_late_acks(reg, cursor).await {
+            warn!(error = %e, "could not mark late acknowledgements; will retry");
+            cursor.record_failed();
+            return Ok(());
+        }
         match self
             .node
             .cursors
@@ -424,6 +387,9 @@ impl<S: AsyncRead + AsyncWrite> Session<S> {
         let _ = self.writer.shutdown().await;
         self.node.registry.unregister(reg.client_id, reg.epoch);
         if cursor.holding {
+            if let Err(e) = self.mark_late_acks(reg, cursor).await {
+                warn!(error = %e, "could not mark late acknowledgements");
+            }
             let done = cursor.done();
             if let Err(e) = self
                 .node
@@ -443,6 +409,23 @@ impl<S: AsyncRead + AsyncWrite> Session<S> {
             End::WriteTimeout => info!("session ended: client stopped reading"),
             other => info!(reason = ?other, "session ended"),
         }
+    }
+
+    /// Marks the messages acknowledged after their deadline expired (acknowledged mode).
+    async fn mark_late_acks(
+        &self,
+        reg: &Registration,
+        cursor: &mut Cursor,
+    ) -> Result<(), crate::store::StoreError> {
+        if cursor.late().is_empty() {
+            return Ok(());
+        }
+        self.node
+            .store
+            .mark_expired(reg.client_id, cursor.late())
+            .await?;
+        cursor.late_marked();
+        Ok(())
     }
 
     /// Before a session the node ends, takes in the acknowledgements the client already sent, so

@@ -25,6 +25,10 @@ const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bound on a row-lock wait inside MySQL (below `QUERY_TIMEOUT`).
 const LOCK_WAIT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long retention keeps a dedupe key at least, whatever `--retention` says: the longest
+/// dedupe window a producer may ask for.
+pub const DEDUPE_KEEP: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// How many ids one sweep query should check (callers of `sweep` chunk by it).
 pub const SWEEP_CHUNK: usize = 500;
 
@@ -85,6 +89,8 @@ pub struct Pending {
     pub expires_in_us: Option<i64>,
     /// When it was enqueued (committed), in microseconds since the Unix epoch (MySQL's clock).
     pub enqueued_at_us: u64,
+    /// The session's own deadline for it (from `expires_in_us`), set when it is taken.
+    pub deadline: Option<tokio::time::Instant>,
 }
 
 /// What a fenced read of pending messages found.

@@ -108,8 +108,8 @@ impl Store {
                     .exec(
                         format!(
                             "SELECT client_id, dedupe_key, message_id, seq FROM dedupe \
-                             WHERE ({conds}) AND created_at > NOW(6) - INTERVAL {} SECOND",
-                            dedupe_window.as_secs()
+                             WHERE ({conds}) AND created_at > NOW(6) - INTERVAL {} MICROSECOND",
+                            dedupe_window.as_micros()
                         ),
                         params,
                     )

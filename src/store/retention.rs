@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use mysql_async::prelude::*;
 
-use super::{hex, with_timeout, Store, StoreError, QUERY_TIMEOUT};
+use super::{hex, with_timeout, Store, StoreError, DEDUPE_KEEP, QUERY_TIMEOUT};
 
 /// Clients whose delivered ranges one `DELETE` covers.
 const CLIENTS_PER_PASS: u64 = 200;
@@ -114,21 +114,24 @@ impl Store {
                     .delete_batches(conn, &sql, age_us, batch, pause)
                     .await?;
             }
-            // The delivery log and the dedupe keys of these clients, past the same age: a log row
-            // older than the cutoff covers only messages enqueued before it (deleted above when
-            // delivered), and a dedupe window never outlives the retention.
+            // The delivery log of these clients past the same age (a log row older than the
+            // cutoff covers only messages enqueued before it, deleted above when delivered), and
+            // their dedupe keys past the longest dedupe window too.
             let ids = page
                 .iter()
                 .map(|(id, _)| format!("X'{}'", hex(id)))
                 .collect::<Vec<_>>()
                 .join(",");
-            for (table, column) in [("deliveries", "at"), ("dedupe", "created_at")] {
+            let dedupe_us = age_us.max(DEDUPE_KEEP.as_micros() as u64);
+            for (table, column, age) in [
+                ("deliveries", "at", age_us),
+                ("dedupe", "created_at", dedupe_us),
+            ] {
                 let sql = format!(
                     "DELETE FROM {table} WHERE client_id IN ({ids}) \
                      AND {column} < NOW(6) - INTERVAL ? MICROSECOND LIMIT {batch}"
                 );
-                self.delete_batches(conn, &sql, age_us, batch, pause)
-                    .await?;
+                self.delete_batches(conn, &sql, age, batch, pause).await?;
             }
             if (page.len() as u64) < CLIENTS_PER_PASS {
                 return Ok((deleted, dropped));

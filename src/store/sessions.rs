@@ -30,6 +30,7 @@ fn pending((seq, id, body, dropped, expires_in_us, enqueued_at_us): PendingRow) 
         dropped,
         expires_in_us,
         enqueued_at_us,
+        deadline: None,
     }
 }
 

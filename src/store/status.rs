@@ -9,6 +9,9 @@ use crate::ClientId;
 
 /// How many ids one status query reads.
 const STATUS_CHUNK: usize = 500;
+/// A message past its deadline by this much, with no delivery recorded, is reported expired
+/// before any node marked it: more than a node needs to record a delivery made just in time.
+const EXPIRY_GRACE_SECS: u64 = 2;
 
 /// Where a message is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -97,7 +100,8 @@ impl Store {
                 .join(",");
             let sql = format!(
                 "SELECT m.id, m.client_id, m.seq, UNIX_TIMESTAMP(m.enqueued_at), \
-                 UNIX_TIMESTAMP(m.expires_at), m.expires_at <= NOW(6), m.dropped, \
+                 UNIX_TIMESTAMP(m.expires_at), \
+                 m.expires_at <= NOW(6) - INTERVAL {EXPIRY_GRACE_SECS} SECOND, m.dropped, \
                  UNIX_TIMESTAMP(m.dropped_at), m.replaced_by, d.delivered_seq, \
                  (SELECT CONCAT(l.acked, ' ', UNIX_TIMESTAMP(l.at)) FROM deliveries l \
                   WHERE l.client_id = m.client_id AND l.upto_seq >= m.seq \
@@ -171,7 +175,7 @@ fn status(row: StatusRow) -> Option<MessageStatus> {
             s.state = MessageState::Delivered;
             s.delivered_at = log_at;
         }
-        // Past its deadline and not delivered: no node will deliver it any more.
+        // Past its deadline (and the grace) and not delivered: no node will deliver it any more.
         _ if expired_now == Some(true) => {
             s.state = MessageState::Expired;
             s.expired_at = expires_at;

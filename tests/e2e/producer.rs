@@ -497,3 +497,123 @@ fn an_operator_purge_of_pending_messages_is_reported_to_client_and_producer() {
     c.expect("MESSAGE: fresh news");
     c.expect_silence(Duration::from_millis(300));
 }
+
+#[test]
+fn words_after_the_client_id_are_text_even_when_they_look_like_flags() {
+    let env = Env::new("pr_words");
+    let node = env.node("a", &[]);
+    let mut c = node.connect();
+    let id = c.register();
+    enqueue_expect(&env, &[&id, "--ttl", "1", "x"], 0);
+    enqueue_expect(&env, &[&id, "--help"], 0);
+    enqueue_expect(&env, &["--ttl", "1h", &id, "--version", "-n"], 0);
+    assert_eq!(c.messages(3), vec!["--ttl 1 x", "--help", "--version -n"]);
+    assert_eq!(
+        env.count("SELECT COUNT(*) FROM messages WHERE expires_at IS NOT NULL"),
+        1
+    );
+}
+
+#[test]
+fn a_run_of_dropped_messages_is_one_line_across_pages() {
+    let env = Env::new("pr_run");
+    let node = env.node("a", &["--page-size", "2"]);
+    let mut c = node.connect();
+    let id = c.register();
+    c.disconnect();
+    let lines: String = (0..7).map(|n| format!("{id}\tshort-lived {n}\n")).collect();
+    let out = env.enqueue_stdin(&["--stdin", "--ttl", "300ms"], lines.as_bytes());
+    assert!(out.status.success(), "{}", stderr(&out));
+    enqueue_expect(&env, &[&id, "survivor"], 0);
+    std::thread::sleep(Duration::from_millis(800));
+    let mut c = node.connect();
+    c.resume(&id);
+    c.expect("DROPPED 7");
+    c.expect("MESSAGE: survivor");
+    c.expect_silence(Duration::from_millis(300));
+}
+
+#[test]
+fn an_acknowledgement_after_the_deadline_leaves_the_message_expired() {
+    let env = Env::new("pr_late_ack");
+    let node = env.node("a", &[]);
+    let mut c = node.connect();
+    let id = c.register_ack();
+    let waiter = env.enqueue_in_background(&["--ttl", "1", "--wait=20", &id, "hurry"]);
+    let line = c.line();
+    let mid = line
+        .strip_prefix("MESSAGE ")
+        .and_then(|l| l.strip_suffix(": hurry"))
+        .unwrap_or_else(|| panic!("{line:?}"))
+        .to_string();
+    std::thread::sleep(Duration::from_millis(1500));
+    c.send(&format!("ACK {mid}"));
+    let out = waiter.join().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(6),
+        "{} {}",
+        stdout(&out),
+        stderr(&out)
+    );
+    // Final: it stays expired, and it is not delivered again.
+    let found = status(&env, &[mid.parse().unwrap()]);
+    assert_eq!(state(&found[0]), "expired", "{}", found[0]);
+    c.disconnect();
+    let mut c = node.connect();
+    c.resume_ack(&id);
+    c.expect_silence(Duration::from_millis(500));
+}
+
+#[test]
+fn stdin_lines_are_stored_when_input_pauses() {
+    use std::io::Write;
+    let env = Env::new("pr_linger");
+    let node = env.node("a", &[]);
+    let mut c = node.connect();
+    let id = c.register();
+    let mut child = env
+        .command(crate::support::node::ENQUEUE, &["--stdin"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    writeln!(input, "{id}\tfirst of a slow stream").unwrap();
+    input.flush().unwrap();
+    // The producer keeps its stdin open; the line still arrives.
+    assert_eq!(c.messages(1), vec!["first of a slow stream"]);
+    writeln!(input, "{id}\tsecond").unwrap();
+    drop(input);
+    assert_eq!(c.messages(1), vec!["second"]);
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn wait_counts_a_stored_message_as_queued_when_mysql_goes_away() {
+    let mut env = Env::private("pr_wait_nodb");
+    let node = env.node("a", &[]);
+    let mut c = node.connect();
+    let id = c.register();
+    c.disconnect();
+    let waiter = env.enqueue_in_background(&["--wait=4", &id, "stored first"]);
+    // Stop MySQL once the message is stored (its id printed), while --wait polls.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while env.count("SELECT COUNT(*) FROM messages") == 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    env.mariadb_mut().stop();
+    let out = waiter.join().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "{} {}",
+        stdout(&out),
+        stderr(&out)
+    );
+    // Either its last read said queued, or no read succeeded and it says so: never "error".
+    assert!(!stderr(&out).contains("error"), "{}", stderr(&out));
+    first_id(&stdout(&out));
+    env.mariadb_mut().restart();
+}

@@ -61,18 +61,18 @@ struct Args {
     #[arg(long, value_name = "KEY")]
     collapse_key: Option<String>,
     /// Read `<client_id><TAB><text>` lines from stdin, one message each, stored in batches.
-    #[arg(long, conflicts_with_all = ["clients", "text", "wait", "dedupe_key", "collapse_key"])]
+    #[arg(long, conflicts_with_all = ["words", "wait", "dedupe_key", "collapse_key"])]
     stdin: bool,
     /// Lines per transaction with --stdin.
     #[arg(long, default_value_t = 5000,
           value_parser = clap::value_parser!(u16).range(1..=10_000).map(usize::from))]
     batch: usize,
-    /// The client's id, as the node gave it in SET_CLIENT_ID; several as id1,id2,id3.
-    #[arg(required_unless_present = "stdin")]
-    clients: Option<String>,
-    /// The message text: one line of UTF-8, no CR, LF or NUL.
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
-    text: Vec<String>,
+    /// The client's id, as the node gave it in SET_CLIENT_ID (several as id1,id2,id3), then the
+    /// message text: one line of UTF-8, no CR, LF or NUL. Everything after the id is text, even
+    /// words that look like flags.
+    #[arg(value_name = "CLIENT_ID TEXT", required_unless_present = "stdin",
+          trailing_var_arg = true, allow_hyphen_values = true, num_args = 1..)]
+    words: Vec<String>,
 }
 
 /// `chat-enqueue status`: the state and timestamps of stored messages.
@@ -166,15 +166,21 @@ async fn enqueue(args: Args) -> ExitCode {
     if let Err(e) = enqueue::validate_options(&options) {
         return fail(EXIT_INVALID, e);
     }
+    if args.dedupe_window.is_zero() || args.dedupe_window > enqueue::MAX_DEDUPE_WINDOW {
+        return fail(
+            EXIT_INVALID,
+            "--dedupe-window must be between 1 ms and 7 days (retention keeps dedupe keys that long)",
+        );
+    }
     let mut clients: Vec<ClientId> = Vec::new();
-    for raw in args.clients.iter().flat_map(|list| list.split(',')) {
+    for raw in args.words.first().iter().flat_map(|list| list.split(',')) {
         match raw.trim().parse::<ClientId>() {
             Ok(id) if clients.contains(&id) => {}
             Ok(id) => clients.push(id),
             Err(e) => return fail(EXIT_INVALID, format!("{raw:?} is {e}")),
         }
     }
-    let text = args.text.join(" ");
+    let text = args.words.get(1..).unwrap_or_default().join(" ");
     if !args.stdin {
         if let Err(e) = enqueue::validate(&text, args.max_bytes) {
             return fail(EXIT_INVALID, e);
@@ -293,11 +299,13 @@ async fn to_clients(
     let statuses = match enqueuer.wait(&message_ids, limit).await {
         Ok(statuses) => statuses,
         Err(e) => {
-            return Err(store_failure(
-                "stored, but cannot read the state back",
-                &args.urls,
-                e,
-            ))
+            // Stored (its id is printed above), only its state is unknown: not a failure to store.
+            eprintln!(
+                "chat-enqueue: warning: the message is stored, but its state could not be read \
+                 from MySQL at {} while waiting ({e}); counting it as still queued",
+                redact_url(&args.urls.database_url)
+            );
+            return Ok(report::EXIT_PENDING);
         }
     };
     print!("{}", report::text(&message_ids, &statuses));

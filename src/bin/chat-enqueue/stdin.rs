@@ -1,12 +1,15 @@
 //! `chat-enqueue --stdin`: one `<client_id><TAB><text>` message per input line, stored in batches.
 
 use std::io::{BufRead, Write};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chat::enqueue::{EnqueueError, Enqueuer, MessageOptions};
 use chat::ClientId;
 
 use crate::report::{EXIT_INVALID, EXIT_OK, EXIT_STORE};
+
+/// How long input may pause before the lines read so far are stored as a batch.
+const LINGER: Duration = Duration::from_millis(200);
 
 /// One input line that parsed: its number, client and text.
 struct Line {
@@ -33,12 +36,23 @@ pub async fn run(
     max_bytes: usize,
 ) -> u8 {
     let started = Instant::now();
-    let stdin = std::io::stdin();
-    let mut input = stdin.lock();
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     // Room for an id, a TAB and the longest text; a longer line is refused without being kept.
     let limit = max_bytes + 64;
+    // A thread reads stdin (blocking) a bounded number of lines ahead of the batches.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<Read>>(batch.min(1024));
+    std::thread::spawn(move || {
+        let stdin = std::io::stdin();
+        let mut input = stdin.lock();
+        loop {
+            let read = read_line(&mut input, limit);
+            let end = !matches!(read, Ok(Read::Line(_) | Read::TooLong));
+            if tx.blocking_send(read).is_err() || end {
+                return;
+            }
+        }
+    });
     let (mut number, mut stored, mut refused) = (0u64, 0u64, 0u64);
     let mut pending: Vec<Line> = Vec::with_capacity(batch);
     // Refusals of the lines read since the last batch, printed in line order with its own.
@@ -46,26 +60,37 @@ pub async fn run(
     let mut eof = false;
     let mut redis_warned = false;
     while !eof {
-        match read_line(&mut input, limit) {
-            Err(e) => {
-                eprintln!("chat-enqueue: error: reading stdin: {e}");
-                eof = true;
-            }
-            Ok(Read::Eof) => eof = true,
-            Ok(Read::TooLong) => {
-                number += 1;
-                refusals.push((number, format!("longer than {limit} bytes")));
-            }
-            Ok(Read::Line(raw)) => {
-                number += 1;
-                match parse(number, &raw) {
-                    Ok(Some(line)) => pending.push(line),
-                    Ok(None) => {}
-                    Err(why) => refusals.push((number, why)),
+        // A slow producer (`tail -f | chat-enqueue --stdin`) gets its lines stored once input
+        // pauses for LINGER, not only when a batch is full.
+        let idle = match tokio::time::timeout(LINGER, rx.recv()).await {
+            Err(_) => true,
+            Ok(read) => {
+                match read {
+                    None | Some(Ok(Read::Eof)) => eof = true,
+                    Some(Err(e)) => {
+                        eprintln!("chat-enqueue: error: reading stdin: {e}");
+                        eof = true;
+                    }
+                    Some(Ok(Read::TooLong)) => {
+                        number += 1;
+                        refusals.push((
+                            number,
+                            format!("longer than {max_bytes} bytes of text (--max-bytes)"),
+                        ));
+                    }
+                    Some(Ok(Read::Line(raw))) => {
+                        number += 1;
+                        match parse(number, &raw) {
+                            Ok(Some(line)) => pending.push(line),
+                            Ok(None) => {}
+                            Err(why) => refusals.push((number, why)),
+                        }
+                    }
                 }
+                false
             }
-        }
-        if pending.len() < batch && !eof {
+        };
+        if pending.len() < batch && !eof && !idle {
             continue;
         }
         if pending.is_empty() {
@@ -82,10 +107,10 @@ pub async fn run(
                 refuse(&mut refusals, &mut refused);
                 let _ = out.flush();
                 eprintln!(
-                    "chat-enqueue: error: MySQL failed ({e}); nothing stored from line {} on \
-                     ({stored} messages stored before it)",
+                    "chat-enqueue: error: MySQL failed ({e}); nothing stored from line {} on",
                     pending.first().map_or(number, |l| l.number)
                 );
+                summary(stored, refused, number, started);
                 return EXIT_STORE;
             }
         };
@@ -112,17 +137,22 @@ pub async fn run(
         pending.clear();
     }
     let _ = out.flush();
-    let secs = started.elapsed().as_secs_f64();
-    eprintln!(
-        "chat-enqueue: {stored} stored, {refused} refused, {number} lines in {secs:.2} s \
-         ({:.0} messages/s)",
-        stored as f64 / secs.max(1e-6)
-    );
+    summary(stored, refused, number, started);
     if refused > 0 {
         EXIT_INVALID
     } else {
         EXIT_OK
     }
+}
+
+/// The last line on stderr: how many lines were stored and refused, and how fast.
+fn summary(stored: u64, refused: u64, lines: u64, started: Instant) {
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "chat-enqueue: {stored} stored, {refused} refused, {lines} lines in {secs:.2} s \
+         ({:.0} messages/s)",
+        stored as f64 / secs.max(1e-6)
+    );
 }
 
 /// Prints the refusals in line order, counts them, and forgets them.

@@ -13,7 +13,7 @@ use super::client::TestClient;
 use super::services::{shared_mariadb, shared_redis, MariaDb, Redis};
 
 const SERVER: &str = env!("CARGO_BIN_EXE_chat-server");
-const ENQUEUE: &str = env!("CARGO_BIN_EXE_chat-enqueue");
+pub const ENQUEUE: &str = env!("CARGO_BIN_EXE_chat-enqueue");
 const ADMIN: &str = env!("CARGO_BIN_EXE_chat-admin");
 
 /// One test's world: a fresh database and a Redis, shared with other tests or private to this one
@@ -128,7 +128,7 @@ impl Env {
     }
 
     /// `bin` with `args`, this env's URLs and nothing else of the environment but PATH.
-    fn command(&self, bin: &str, args: &[&str]) -> Command {
+    pub fn command(&self, bin: &str, args: &[&str]) -> Command {
         let mut cmd = Command::new(bin);
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
