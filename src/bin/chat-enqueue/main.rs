@@ -112,7 +112,8 @@ fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
 async fn main() -> ExitCode {
     let argv: Vec<OsString> = std::env::args_os().collect();
     if argv.get(1).is_some_and(|a| a == "status") {
-        let rest = std::iter::once(argv[0].clone()).chain(argv[2..].iter().cloned());
+        let rest =
+            std::iter::once(OsString::from("chat-enqueue status")).chain(argv[2..].iter().cloned());
         return status(StatusArgs::parse_from(rest)).await;
     }
     enqueue(Args::parse_from(argv)).await
@@ -177,6 +178,12 @@ async fn enqueue(args: Args) -> ExitCode {
         match raw.trim().parse::<ClientId>() {
             Ok(id) if clients.contains(&id) => {}
             Ok(id) => clients.push(id),
+            Err(e) if raw.parse::<f64>().is_ok() && args.wait.is_some() => {
+                return fail(
+                    EXIT_INVALID,
+                    format!("{raw:?} is {e}; to give --wait a time, write --wait={raw}"),
+                )
+            }
             Err(e) => return fail(EXIT_INVALID, format!("{raw:?} is {e}")),
         }
     }
