@@ -17,6 +17,41 @@ fn stderr(out: &std::process::Output) -> String {
 }
 
 #[test]
+fn ban_broadcasts_resume_soon_after_a_redis_restart() {
+    let mut env = Env::private("adm_ban_redis");
+    // Polls the table only every 600 s: after the restart, the ban must come as a broadcast.
+    let node = env.node("a", &["--bans-poll", "600"]);
+    let subscriptions = |node: &crate::support::node::Node| {
+        node.log().matches("subscribed to ban broadcasts").count()
+    };
+    eventually("subscribed", Duration::from_secs(20), || {
+        subscriptions(&node) == 1
+    });
+    env.redis_mut().kill();
+    eventually("the loss is seen", Duration::from_secs(20), || {
+        node.log().contains("lost the ban broadcast subscription")
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    env.redis_mut().restart();
+    eventually("subscribed again", Duration::from_secs(20), || {
+        subscriptions(&node) == 2
+    });
+    // Logged at warn once, however many retries it took.
+    let log = node.log();
+    let warnings = log
+        .lines()
+        .filter(|l| l.contains("\"WARN\"") && l.contains("ban broadcast"))
+        .count();
+    assert_eq!(warnings, 1, "{log}");
+
+    let mut victim = node.connect();
+    let id = victim.register();
+    let out = env.admin(&["ban", &id]);
+    assert!(out.status.success(), "{out:?}");
+    victim.expect("BYE: banned");
+}
+
+#[test]
 fn a_ban_reaches_every_node_and_an_unban_lifts_it() {
     let env = Env::new("adm_ban");
     // Node b polls the bans table only every 600 s: its kick must come from the Redis broadcast.
