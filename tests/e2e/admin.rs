@@ -310,6 +310,45 @@ fn errors_have_documented_exit_codes() {
     assert_eq!(env.admin_json(&["bans"])["bans"][0]["entry"], "192.0.2.1");
 }
 
+#[test]
+fn json_failures_are_one_document_on_stdout_too() {
+    let env = Env::new("adm_json_fail");
+    let _node = env.node("a", &[]);
+    let json = |out: &std::process::Output| -> serde_json::Value {
+        serde_json::from_str(stdout(out).trim())
+            .unwrap_or_else(|e| panic!("not one JSON document on stdout ({e}): {out:?}"))
+    };
+    // No such client: exit 3.
+    let out = env.admin(&["--json", "client", &uuid_like()]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let doc = json(&out);
+    assert_eq!(doc["exit"], 3, "{doc}");
+    assert!(
+        doc["error"].as_str().unwrap().contains("unknown client id"),
+        "{doc}"
+    );
+    assert!(stderr(&out).contains("unknown client id"), "{out:?}");
+    // Invalid arguments: exit 2, from argument parsing as well as from the command's checks.
+    for args in [
+        &["--json", "ban", "999.1.1.1"][..],
+        &["--json", "frobnicate"][..],
+        &["purge", "--json", "--older-than", "soon"][..],
+    ] {
+        let out = env.admin(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        assert_eq!(json(&out)["exit"], 2, "{args:?}: {out:?}");
+        assert!(!stderr(&out).is_empty(), "{args:?}: {out:?}");
+    }
+    // MySQL unreachable: exit 1.
+    let nowhere = format!("mysql://root@127.0.0.1:{}/chat", free_port());
+    let out = env.admin(&["--json", "--database-url", &nowhere, "backlog"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(json(&out)["exit"], 1, "{out:?}");
+    // Without --json, stdout stays empty on failure.
+    let out = env.admin(&["client", &uuid_like()]);
+    assert_eq!(stdout(&out), "", "{out:?}");
+}
+
 /// A well-formed client id that no client has.
 fn uuid_like() -> String {
     "0b3e3f8a-6a57-4f0e-9d6c-2f1f6f1de6a4".to_string()
