@@ -129,7 +129,8 @@ pub fn parse_age(s: &str) -> Result<Duration, String> {
         .parse()
         .map_err(|_| format!("{s:?} is not an age such as 7d, 12h, 30m or 45s"))?;
     let secs = value * scale;
-    if secs.is_finite() && secs > 0.0 && secs <= 36_500.0 * 86_400.0 {
+    // At least 1 µs, so that no positive age rounds to zero (which would mean "everything").
+    if (1e-6..=36_500.0 * 86_400.0).contains(&secs) {
         Ok(Duration::from_secs_f64(secs))
     } else {
         Err(format!(
@@ -234,7 +235,7 @@ mod tests {
         assert_eq!(parse_age("12h"), Ok(Duration::from_secs(12 * 3_600)));
         assert_eq!(parse_age("30m"), Ok(Duration::from_secs(1_800)));
         assert_eq!(parse_age("1.5s"), Ok(Duration::from_millis(1_500)));
-        for bad in ["", "0", "-1d", "7w", "d", "x7d", "nan"] {
+        for bad in ["", "0", "-1d", "7w", "d", "x7d", "nan", "1e-12s"] {
             assert!(parse_age(bad).is_err(), "{bad}");
         }
         assert_eq!(parse_retention("off"), Ok(None));

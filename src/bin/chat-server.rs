@@ -37,8 +37,9 @@ struct Args {
     /// TOML config file: one key per long flag (`max-line = 1024`, `ban = ["10.0.0.0/8"]`).
     #[arg(long, env = "CHAT_CONFIG")]
     config: Option<std::path::PathBuf>,
-    /// Check the flags, environment and config file, print which file keys are in effect, and exit: 0 valid,
-    /// 2 invalid. Contacts neither MySQL nor Redis and reads no ban file.
+    /// Check the flags, environment and config file (and load the TLS certificate and key), print
+    /// which file keys are in effect, and exit: 0 valid, 2 invalid. Contacts neither MySQL nor
+    /// Redis and reads no ban file.
     #[arg(long)]
     check_config: bool,
     /// TCP port to listen on (0 picks a free one).
