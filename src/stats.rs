@@ -54,7 +54,7 @@ pub fn install() -> Result<PrometheusHandle, String> {
     Ok(handle)
 }
 
-/// Handshake outcomes besides the refusals of [`refusal`].
+/// The handshake outcomes a connection can have (README lists them).
 const HANDSHAKE_OUTCOMES: &[&str] = &[
     "new",
     "resumed",
@@ -67,7 +67,6 @@ const HANDSHAKE_OUTCOMES: &[&str] = &[
     "banned",
     "rate_limited",
     "tls_failed",
-    "other",
 ];
 
 /// Every metric and known label value at 0, present from the first scrape (so that `rate()` and
