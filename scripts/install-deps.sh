@@ -3,6 +3,7 @@
 #   - MariaDB server + client (mariadbd, mariadb-install-db, mariadb)
 #   - Redis (redis-server, redis-cli)
 #   - HAProxy (haproxy; the load-balancer test runs deploy/haproxy.cfg)
+#   - OpenSSL (openssl; the TLS tests make their certificates with it)
 #   - telnet (optional, for talking to the chat server by hand)
 #   - with --bench: Mosquitto (the peer `make bench` compares against)
 # Idempotent and fast (<1 s) when everything is already present.
@@ -24,6 +25,7 @@ REQUIRED=(
     "mariadb-client:mariadb"
     "redis-server:redis-server redis-cli"
     "haproxy:haproxy"
+    "openssl:openssl"
 )
 OPTIONAL=(
     "telnet:telnet"

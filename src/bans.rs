@@ -2,6 +2,9 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use futures::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
@@ -31,32 +34,64 @@ pub async fn load(node: &Node) -> Result<Vec<String>, StoreError> {
 
 type Broadcasts = Pin<Box<dyn Stream<Item = ()> + Send>>;
 
-/// Keeps the cluster bans current until `stop`: reloads on every broadcast and every poll
-/// interval (MySQL is the truth; a lost broadcast only delays a ban until the next poll).
+/// First wait before subscribing again to the ban broadcasts after a failure; doubles up to
+/// `RESUBSCRIBE_MAX` (as the node's own channel does, `crate::server`).
+const RESUBSCRIBE_MIN: Duration = Duration::from_millis(100);
+const RESUBSCRIBE_MAX: Duration = Duration::from_secs(2);
+
+/// Keeps the cluster bans current until `stop`: reloads on every broadcast, every poll interval
+/// and after every (re)subscription (MySQL is the truth; a lost broadcast only delays a ban until
+/// the next poll). A lost subscription is retried with a short backoff, logged once at warn.
 pub async fn watch(node: Arc<Node>, stop: CancellationToken) {
     let mut broadcasts: Option<Broadcasts> = None;
     let mut current: Option<Vec<String>> = None;
+    let mut backoff = RESUBSCRIBE_MIN;
+    let mut retry_at = Instant::now();
+    // Whether the loss of the subscription was already logged at warn.
+    let mut warned = false;
+    let mut reload = true;
+    let mut next_poll = Instant::now();
     loop {
-        if broadcasts.is_none() {
+        if broadcasts.is_none() && Instant::now() >= retry_at {
             match node.bus.subscribe_bans().await {
                 Ok(stream) => {
                     info!("subscribed to ban broadcasts");
                     broadcasts = Some(Box::pin(stream));
+                    backoff = RESUBSCRIBE_MIN;
+                    warned = false;
+                    // Broadcasts sent while unsubscribed are lost: read the table now.
+                    reload = true;
                 }
-                Err(e) => debug!(error = %e, "cannot subscribe to ban broadcasts; polling only"),
-            }
-        }
-        match load(&node).await {
-            Ok(entries) => {
-                if current.as_ref() != Some(&entries) {
-                    if current.is_some() {
-                        info!(bans = entries.len(), "cluster bans changed");
+                Err(e) => {
+                    if warned {
+                        debug!(error = %e, retry_in = ?backoff, "cannot subscribe to ban broadcasts");
+                    } else {
+                        warn!(error = %e, "cannot subscribe to ban broadcasts; polling MySQL and retrying");
+                        warned = true;
                     }
-                    current = Some(entries);
+                    retry_at = Instant::now() + backoff;
+                    backoff = (backoff * 2).min(RESUBSCRIBE_MAX);
                 }
             }
-            Err(e) => warn!(error = %e, "could not load the cluster bans; the previous ones stay"),
         }
+        if reload || Instant::now() >= next_poll {
+            reload = false;
+            next_poll = Instant::now() + node.config.bans_poll;
+            match load(&node).await {
+                Ok(entries) => {
+                    if current.as_ref() != Some(&entries) {
+                        if current.is_some() {
+                            info!(bans = entries.len(), "cluster bans changed");
+                        }
+                        current = Some(entries);
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %e, "could not load the cluster bans; the previous ones stay")
+                }
+            }
+        }
+        let subscribed = broadcasts.is_some();
         let next = async {
             match broadcasts.as_mut() {
                 Some(stream) => stream.next().await,
@@ -65,13 +100,18 @@ pub async fn watch(node: Arc<Node>, stop: CancellationToken) {
         };
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(node.config.bans_poll) => {}
-            got = next => {
-                if got.is_none() {
+            _ = tokio::time::sleep_until(next_poll) => {}
+            _ = tokio::time::sleep_until(retry_at), if !subscribed => {}
+            got = next => match got {
+                Some(()) => reload = true,
+                None => {
                     warn!("lost the ban broadcast subscription; resubscribing");
+                    warned = true;
                     broadcasts = None;
+                    backoff = RESUBSCRIBE_MIN;
+                    retry_at = Instant::now();
                 }
-            }
+            },
         }
     }
 }

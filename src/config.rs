@@ -129,7 +129,8 @@ pub fn parse_age(s: &str) -> Result<Duration, String> {
         .parse()
         .map_err(|_| format!("{s:?} is not an age such as 7d, 12h, 30m or 45s"))?;
     let secs = value * scale;
-    if secs.is_finite() && secs > 0.0 && secs <= 36_500.0 * 86_400.0 {
+    // At least 1 µs, so that no positive age rounds to zero (which would mean "everything").
+    if (1e-6..=36_500.0 * 86_400.0).contains(&secs) {
         Ok(Duration::from_secs_f64(secs))
     } else {
         Err(format!(
@@ -138,12 +139,44 @@ pub fn parse_age(s: &str) -> Result<Duration, String> {
     }
 }
 
-/// Parses a retention: an age as [`parse_age`], or `0`/`off` for none.
+/// Parses a retention: an age as [`parse_age`] of at least 1 s, or `0`/`off` for none.
 pub fn parse_retention(s: &str) -> Result<Option<Duration>, String> {
     match s.trim() {
         "off" | "0" | "0d" | "0h" | "0m" | "0s" => Ok(None),
-        other => parse_age(other).map(Some),
+        other => {
+            let age = parse_age(other)?;
+            if age < Duration::from_secs(1) {
+                return Err(format!(
+                    "{s:?}: a retention below 1 s would purge what was just delivered; use `off` to keep everything"
+                ));
+            }
+            Ok(Some(age))
+        }
     }
+}
+
+/// Parses a duration flag: a bare number of seconds (`5`, `0.5`) or a number with units
+/// (`500ms`, `5s`, `2m`, `1h 30m`, as the `humantime` crate reads them); at least `min` and
+/// below 1e9 s.
+pub fn parse_duration(s: &str, min: Duration) -> Result<Duration, String> {
+    let t = s.trim();
+    let value = match t.parse::<f64>() {
+        Ok(secs) if secs.is_finite() && (0.0..1e9).contains(&secs) => Duration::from_secs_f64(secs),
+        Ok(_) => return Err(format!("{s:?}: expected a positive number of seconds")),
+        Err(_) => humantime::parse_duration(t).map_err(|e| {
+            format!("{s:?} is not a duration such as 10, 2.5, 500ms, 30s or 5m: {e}")
+        })?,
+    };
+    if value.is_zero() || value < min {
+        return Err(format!(
+            "{s:?}: expected at least {}",
+            humantime::format_duration(min.max(Duration::from_millis(1)))
+        ));
+    }
+    if value >= Duration::from_secs(1_000_000_000) {
+        return Err(format!("{s:?}: expected less than 1e9 seconds"));
+    }
+    Ok(value)
 }
 
 /// Checks a node id: 1-64 characters from `[A-Za-z0-9._-]` (it is part of Redis keys and values).
@@ -202,13 +235,35 @@ mod tests {
         assert_eq!(parse_age("12h"), Ok(Duration::from_secs(12 * 3_600)));
         assert_eq!(parse_age("30m"), Ok(Duration::from_secs(1_800)));
         assert_eq!(parse_age("1.5s"), Ok(Duration::from_millis(1_500)));
-        for bad in ["", "0", "-1d", "7w", "d", "x7d", "nan"] {
+        for bad in ["", "0", "-1d", "7w", "d", "x7d", "nan", "1e-12s"] {
             assert!(parse_age(bad).is_err(), "{bad}");
         }
         assert_eq!(parse_retention("off"), Ok(None));
         assert_eq!(parse_retention("0"), Ok(None));
         assert_eq!(parse_retention("2h"), Ok(Some(Duration::from_secs(7_200))));
         assert!(parse_retention("soon").is_err());
+        assert!(parse_retention("1e-12s").is_err());
+        assert!(parse_retention("0.5s").is_err());
+        assert_eq!(parse_retention("1s"), Ok(Some(Duration::from_secs(1))));
+    }
+
+    #[test]
+    fn durations_take_seconds_or_units() {
+        let ms = Duration::from_millis;
+        assert_eq!(parse_duration("5", ms(1)), Ok(ms(5_000)));
+        assert_eq!(parse_duration("0.25", ms(1)), Ok(ms(250)));
+        assert_eq!(parse_duration("5s", ms(1)), Ok(ms(5_000)));
+        assert_eq!(parse_duration("500ms", ms(1)), Ok(ms(500)));
+        assert_eq!(parse_duration("2m", ms(1)), Ok(ms(120_000)));
+        assert_eq!(parse_duration("1h 30m", ms(1)), Ok(ms(5_400_000)));
+        for bad in [
+            "", "0", "0s", "-1", "1e-12", "nan", "inf", "5x", "soon", "1e10",
+        ] {
+            assert!(parse_duration(bad, ms(1)).is_err(), "{bad}");
+        }
+        assert!(parse_duration("0.001", Duration::from_secs(1)).is_err());
+        assert!(parse_duration("999ms", Duration::from_secs(1)).is_err());
+        assert_eq!(parse_duration("1s", Duration::from_secs(1)), Ok(ms(1_000)));
     }
 
     #[test]

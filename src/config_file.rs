@@ -64,6 +64,13 @@ pub fn parse<P: clap::Parser>(
     let mut used_keys = Vec::new();
     for (key, value) in &table {
         let here = || location(&path, &text, key);
+        if value.is_table() {
+            return Err(ArgsError::File(format!(
+                "{}: [{key}]: tables are not supported: every key goes at the top level, named \
+                 like its flag",
+                here()
+            )));
+        }
         let arg = command
             .get_arguments()
             .find(|a| a.get_long() == Some(key.as_str()))
@@ -150,7 +157,8 @@ fn read(path: &Path) -> Result<String, ArgsError> {
     std::fs::read_to_string(path).map_err(fail)
 }
 
-/// `path:line` of the line that sets `key` at the top level, or just `path`.
+/// `path:line` of the line that sets `key` at the top level (or opens the table `[key]`), or just
+/// `path`.
 fn location(path: &Path, text: &str, key: &str) -> String {
     let quoted = format!("\"{key}\"");
     let line = text.lines().position(|line| {
@@ -158,6 +166,10 @@ fn location(path: &Path, text: &str, key: &str) -> String {
         [key, quoted.as_str()].iter().any(|k| {
             line.strip_prefix(k)
                 .is_some_and(|rest| rest.trim_start().starts_with('='))
+                || line
+                    .strip_prefix('[')
+                    .and_then(|l| l.trim_start().strip_prefix(k))
+                    .is_some_and(|rest| rest.trim_start().starts_with(']'))
         })
     });
     match line {
@@ -186,19 +198,30 @@ fn file_value_error(path: &Path, text: &str, e: &clap::Error) -> ArgsError {
     ) {
         return ArgsError::Clap(clap::Error::raw(e.kind(), e.to_string()));
     }
+    let missing = e.kind() == clap::error::ErrorKind::MissingRequiredArgument;
+    // A missing flag is not a key of the file: no line to name.
     let key = match e.get(ContextKind::InvalidArg) {
-        Some(ContextValue::String(arg)) => arg
+        Some(ContextValue::String(arg)) if !missing => arg
             .strip_prefix("--")
             .map(|a| a.split([' ', '=']).next().unwrap_or(a).to_string()),
         _ => None,
     };
+    // The whole message up to the usage line: a list of missing flags continues on later lines.
     let rendered = e.render().to_string();
     let first = rendered
         .lines()
-        .next()
-        .unwrap_or("invalid value")
+        .map(str::trim)
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
         .trim_start_matches("error: ")
         .to_string();
+    let first = if first.is_empty() {
+        "invalid value".to_string()
+    } else {
+        first
+    };
     let place = match &key {
         Some(key) => format!("{}: key {key:?}", location(path, text, key)),
         None => path.display().to_string(),
@@ -286,8 +309,14 @@ mod tests {
         );
         let (r, _) = run(&[], "port = [1, 2]\n");
         assert!(message(r).contains("takes one value, not an array"));
-        let (r, _) = run(&[], "[server]\nport = 1\n");
-        assert!(message(r).contains("unknown key \"server\""));
+        let (r, path) = run(&[], "port = 1\n[server]\nport = 1\n");
+        assert_eq!(
+            message(r),
+            format!(
+                "{path}:2: [server]: tables are not supported: every key goes at the top level, \
+                 named like its flag"
+            )
+        );
         let (r, _) = run(&[], "config = \"x\"\n");
         assert!(message(r).contains("unknown key \"config\""));
         let (r, path) = run(&[], "port = \n");

@@ -1,7 +1,9 @@
 //! The operations port (`--metrics-addr`): `/metrics`, `/healthz` and `/readyz` over minimal HTTP/1.
 //!
 //! One request per connection (`Connection: close`), a request head of at most 8 KiB read within
-//! 5 s, at most 64 connections at once: enough for Prometheus and a load balancer's health checks.
+//! 1 s, at most 512 connections at once: slow or idle connections hold a slot for at most 1 s, so
+//! a health check waits at most about that long for one even under a flood of them, well inside
+//! HAProxy's 3 s check timeout (deploy/haproxy.cfg).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,12 +18,14 @@ use crate::server::Node;
 
 /// Longest request head read.
 const MAX_REQUEST: usize = 8 * 1024;
-/// Time to read the request and to write the answer, each.
-const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time to read the request head.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(1);
+/// Time to write the answer.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections served at once; more wait in the listen backlog.
-const MAX_CONNECTIONS: usize = 64;
-/// How long `/readyz` waits for MySQL and for Redis.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+const MAX_CONNECTIONS: usize = 512;
+/// How long `/readyz` waits for MySQL and Redis, probed at the same time: one budget for both.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(1500);
 
 /// Serves the operations port until the process exits.
 pub async fn serve(listener: TcpListener, node: Arc<Node>, metrics: PrometheusHandle) {
@@ -53,10 +57,12 @@ async fn answer(
     node: &Node,
     metrics: &PrometheusHandle,
 ) -> std::io::Result<()> {
-    let head = tokio::time::timeout(IO_TIMEOUT, read_head(&mut stream))
+    let head = tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut stream))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "request timed out"))??;
-    let (status, content_type, body) = match request_path(&head) {
+    let request = request_path(&head);
+    let head_only = matches!(request, Ok((Method::Head, _)));
+    let (status, content_type, body) = match request.map(|(_, path)| path) {
         Err(status) => (status, "text/plain", format!("{status}\n")),
         Ok("/metrics") => ("200 OK", "text/plain; version=0.0.4", metrics.render()),
         Ok("/healthz") => ("200 OK", "text/plain", "ok\n".to_string()),
@@ -66,12 +72,14 @@ async fn answer(
         },
         Ok(_) => ("404 Not Found", "text/plain", "not found\n".to_string()),
     };
+    // A HEAD answer has the headers of the GET answer and no body (RFC 9110, 9.3.2).
     let response = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
-         Connection: close\r\n\r\n{body}",
-        body.len()
+         Connection: close\r\n\r\n{}",
+        body.len(),
+        if head_only { "" } else { body.as_str() }
     );
-    tokio::time::timeout(IO_TIMEOUT, stream.write_all(response.as_bytes()))
+    tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(response.as_bytes()))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "write timed out"))??;
     let _ = stream.shutdown().await;
@@ -97,8 +105,15 @@ async fn read_head(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
     }
 }
 
-/// The path of a `GET` (or `HEAD`) request, or the status to answer.
-fn request_path(head: &[u8]) -> Result<&str, &'static str> {
+/// The methods answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Method {
+    Get,
+    Head,
+}
+
+/// The method and path of a `GET` or `HEAD` request, or the status to answer.
+fn request_path(head: &[u8]) -> Result<(Method, &str), &'static str> {
     if head.len() > MAX_REQUEST {
         return Err("431 Request Header Fields Too Large");
     }
@@ -112,25 +127,33 @@ fn request_path(head: &[u8]) -> Result<&str, &'static str> {
     if !version.is_some_and(|v| v.starts_with("HTTP/1.")) || words.next().is_some() {
         return Err("400 Bad Request");
     }
-    if !matches!(method, Some("GET") | Some("HEAD")) {
-        return Err("405 Method Not Allowed");
-    }
+    let method = match method {
+        Some("GET") => Method::Get,
+        Some("HEAD") => Method::Head,
+        _ => return Err("405 Method Not Allowed"),
+    };
     let target = target.ok_or("400 Bad Request")?;
-    Ok(target.split('?').next().unwrap_or(target))
+    Ok((method, target.split('?').next().unwrap_or(target)))
 }
 
-/// Ready: not shutting down, MySQL and Redis answer.
+/// Ready: not shutting down, not at `--max-connections`, MySQL and Redis answer (both probed at
+/// once, within `PROBE_TIMEOUT` in all).
 async fn ready(node: &Node) -> Result<(), &'static str> {
     if node.draining() {
         return Err("shutting down");
     }
-    match tokio::time::timeout(PROBE_TIMEOUT, node.store.ping()).await {
-        Ok(Ok(())) => {}
-        _ => return Err("MySQL unreachable"),
+    if node.full() {
+        return Err("at --max-connections");
     }
-    match tokio::time::timeout(PROBE_TIMEOUT, node.bus.ping()).await {
-        Ok(Ok(())) => Ok(()),
-        _ => Err("Redis unreachable"),
+    let (mysql, redis) = tokio::join!(
+        tokio::time::timeout(PROBE_TIMEOUT, node.store.ping()),
+        tokio::time::timeout(PROBE_TIMEOUT, node.bus.ping()),
+    );
+    match (mysql, redis) {
+        (Ok(Ok(())), Ok(Ok(()))) => Ok(()),
+        (Ok(Ok(())), _) => Err("Redis unreachable"),
+        (_, Ok(Ok(()))) => Err("MySQL unreachable"),
+        _ => Err("MySQL and Redis unreachable"),
     }
 }
 
@@ -142,11 +165,15 @@ mod tests {
     fn request_lines_are_parsed() {
         assert_eq!(
             request_path(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"),
-            Ok("/metrics")
+            Ok((Method::Get, "/metrics"))
         );
         assert_eq!(
             request_path(b"GET /readyz?x=1 HTTP/1.0\r\n\r\n"),
-            Ok("/readyz")
+            Ok((Method::Get, "/readyz"))
+        );
+        assert_eq!(
+            request_path(b"HEAD /healthz HTTP/1.1\r\n\r\n"),
+            Ok((Method::Head, "/healthz"))
         );
         assert_eq!(
             request_path(b"POST /metrics HTTP/1.1\r\n\r\n"),

@@ -51,6 +51,8 @@ pub struct Node {
     pub tls: Option<Tls>,
     /// Set when a graceful shutdown begins: `/readyz` answers 503 from then on.
     draining: AtomicBool,
+    /// One permit per connection up to `--max-connections` (shared by every listener).
+    connections: Arc<Semaphore>,
 }
 
 impl Node {
@@ -62,7 +64,6 @@ impl Node {
             }),
             fetches: Batcher::spawn(Fetches(store.clone())),
             cursors: Batcher::spawn(Cursors(store.clone())),
-            config,
             store,
             bus,
             registry: Registry::new(),
@@ -72,12 +73,20 @@ impl Node {
             heartbeat_now: Notify::new(),
             tls: None,
             draining: AtomicBool::new(false),
+            connections: Arc::new(Semaphore::new(config.max_connections)),
+            config,
         }
     }
 
     /// Marks the node as shutting down, for `/readyz` (load balancers stop sending clients).
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether every connection slot (`--max-connections`) is taken: new connections get
+    /// `ERROR: server full`, so `/readyz` answers 503.
+    pub fn full(&self) -> bool {
+        self.connections.available_permits() == 0
     }
 
     /// Whether a graceful shutdown has begun.
@@ -179,7 +188,7 @@ pub async fn run_with_tls(
     tasks.close();
 
     let sessions = TaskTracker::new();
-    let permits = Arc::new(Semaphore::new(node.config.max_connections));
+    let permits = node.connections.clone();
     let acceptors = TaskTracker::new();
     let plain = listeners.into_iter().map(|l| (l, false));
     let tls = tls_listeners.into_iter().map(|l| (l, true));

@@ -50,10 +50,57 @@ pub fn install() -> Result<PrometheusHandle, String> {
         .install_recorder()
         .map_err(|e| format!("cannot install the metrics recorder: {e}"))?;
     describe();
-    // Present from the first scrape, before anything happened.
+    register();
+    Ok(handle)
+}
+
+/// The handshake outcomes a connection can have (README lists them).
+const HANDSHAKE_OUTCOMES: &[&str] = &[
+    "new",
+    "resumed",
+    "unknown_client",
+    "malformed",
+    "timeout",
+    "line_too_long",
+    "unavailable",
+    "server_full",
+    "banned",
+    "rate_limited",
+    "tls_failed",
+];
+
+/// Every metric and known label value at 0, present from the first scrape (so that `rate()` and
+/// alerts see a series before it first moves).
+fn register() {
     gauge!(SESSIONS_OPEN).set(0.0);
     gauge!(PENDING).set(0.0);
-    Ok(handle)
+    for outcome in HANDSHAKE_OUTCOMES {
+        counter!(HANDSHAKES, "outcome" => *outcome).absolute(0);
+    }
+    for mode in ["plain", "ack"] {
+        counter!(DELIVERED, "mode" => mode).absolute(0);
+    }
+    for result in ["ok", "error"] {
+        counter!(TLS_RELOADS, "result" => result).absolute(0);
+    }
+    for name in [
+        PROXY_HEADERS_REJECTED,
+        NOTIFICATIONS,
+        FETCHED,
+        ACKNOWLEDGED,
+        REDELIVERED,
+        DROPPED,
+        MYSQL_ERRORS,
+        MYSQL_RECONNECTS,
+        REDIS_ERRORS,
+        REDIS_RECONNECTS,
+        SWEEPS,
+        SWEEP_FOUND,
+    ] {
+        counter!(name).absolute(0);
+    }
+    // Registered, so that the exporter renders its buckets at 0 if it renders empty histograms.
+    let _ = histogram!(LATENCY);
 }
 
 fn describe() {

@@ -106,10 +106,22 @@ type Outcome = Result<(String, Value), Failure>;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        Err(e) => {
+            let wants_json = std::env::args_os().skip(1).any(|a| a == "--json");
+            if !wants_json || !e.use_stderr() {
+                e.exit();
+            }
+            let _ = e.print();
+            let message = e.kind().to_string();
+            print_error_json(&message, EXIT_INVALID);
+            return ExitCode::from(EXIT_INVALID);
+        }
+    };
     let store = match Store::new(&args.urls.database_url, 1) {
         Ok(store) => store,
-        Err(e) => return fail(EXIT_INVALID, e.to_string()),
+        Err(e) => return fail(args.json, EXIT_INVALID, e.to_string()),
     };
     let result = run(&args, &store).await;
     store.close().await;
@@ -122,13 +134,22 @@ async fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Err(Failure(code, message)) => fail(code, message),
+        Err(Failure(code, message)) => fail(args.json, code, message),
     }
 }
 
-fn fail(code: u8, message: String) -> ExitCode {
+/// Reports a failure on stderr and, with `--json`, as `{"error": ..., "exit": ...}` on stdout
+/// (one JSON document on stdout for any command, success or not).
+fn fail(json: bool, code: u8, message: String) -> ExitCode {
     eprintln!("chat-admin: error: {message}");
+    if json {
+        print_error_json(&message, code);
+    }
     ExitCode::from(code)
+}
+
+fn print_error_json(message: &str, code: u8) {
+    println!("{}", json!({"error": message, "exit": code}));
 }
 
 async fn run(args: &Args, store: &Store) -> Outcome {

@@ -30,14 +30,16 @@ use chat::tls::Tls;
     version,
     after_help = "Every flag can also be set in the TOML file given by --config (env CHAT_CONFIG), \
                   as `long-flag-name = value`; a flag beats its environment variable, which beats \
-                  the file, which beats the default."
+                  the file, which beats the default. Durations take plain seconds (10, 0.5) or \
+                  units (500ms, 30s, 5m, 1h)."
 )]
 struct Args {
     /// TOML config file: one key per long flag (`max-line = 1024`, `ban = ["10.0.0.0/8"]`).
     #[arg(long, env = "CHAT_CONFIG")]
     config: Option<std::path::PathBuf>,
-    /// Check the flags, environment and config file, print which file keys are in effect, and exit: 0 valid,
-    /// 2 invalid. Contacts neither MySQL nor Redis and reads no ban file.
+    /// Check the flags, environment and config file (and load the TLS certificate and key), print
+    /// which file keys are in effect, and exit: 0 valid, 2 invalid. Contacts neither MySQL nor
+    /// Redis and reads no ban file.
     #[arg(long)]
     check_config: bool,
     /// TCP port to listen on (0 picks a free one).
@@ -57,11 +59,13 @@ struct Args {
     /// Log line format on stderr.
     #[arg(long, env = "CHAT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
-    /// Longest line accepted from a client, in bytes.
-    #[arg(long, env = "CHAT_MAX_LINE", default_value_t = config::DEFAULT_MAX_LINE)]
+    /// Longest line accepted from a client, in bytes (at least 16).
+    #[arg(long, env = "CHAT_MAX_LINE", default_value_t = config::DEFAULT_MAX_LINE,
+          value_parser = clap::value_parser!(u32).range(16..).map(|n| n as usize))]
     max_line: usize,
     /// Concurrent connections accepted; past it new ones get `ERROR: server full`.
-    #[arg(long, env = "CHAT_MAX_CONNECTIONS", default_value_t = config::DEFAULT_MAX_CONNECTIONS)]
+    #[arg(long, env = "CHAT_MAX_CONNECTIONS", default_value_t = config::DEFAULT_MAX_CONNECTIONS,
+          value_parser = clap::value_parser!(u32).range(1..).map(|n| n as usize))]
     max_connections: usize,
     /// Seconds a new connection has to answer GET_CLIENT_ID.
     #[arg(long, env = "CHAT_HANDSHAKE_TIMEOUT", value_parser = seconds, default_value = "10")]
@@ -72,8 +76,8 @@ struct Args {
     /// Seconds between sweeps of MySQL for messages whose notification was lost.
     #[arg(long, env = "CHAT_SWEEP_INTERVAL", value_parser = seconds, default_value = "5")]
     sweep_interval: Duration,
-    /// Seconds a client's ownership lease lives in Redis (renewed every third of it).
-    #[arg(long, env = "CHAT_LEASE", value_parser = seconds, default_value = "30")]
+    /// Seconds a client's ownership lease lives in Redis (renewed every third of it); at least 1 s.
+    #[arg(long, env = "CHAT_LEASE", value_parser = at_least_a_second, default_value = "30")]
     lease: Duration,
     /// Seconds a graceful shutdown waits for sessions to finish.
     #[arg(long, env = "CHAT_SHUTDOWN_TIMEOUT", value_parser = seconds, default_value = "10")]
@@ -89,15 +93,16 @@ struct Args {
     /// Seconds a new session waits for a live node to hand over the previous session of its client.
     #[arg(long, env = "CHAT_HANDOFF_TIMEOUT", value_parser = seconds, default_value = "15")]
     handoff_timeout: Duration,
-    /// Seconds this node's heartbeat lives in Redis (renewed every fifth); a node silent that long is dead.
-    #[arg(long, env = "CHAT_NODE_TTL", value_parser = seconds, default_value = "5")]
+    /// Seconds this node's heartbeat lives in Redis (renewed every fifth); a node silent that long is
+    /// dead. At least 1 s.
+    #[arg(long, env = "CHAT_NODE_TTL", value_parser = at_least_a_second, default_value = "5")]
     node_ttl: Duration,
     /// File of bans, one per line: an IP address, a network (10.0.0.0/8, 2001:db8::/32) or a client
     /// id; `#` starts a comment. Re-read on SIGHUP.
     #[arg(long, env = "CHAT_BAN_FILE")]
     ban_file: Option<std::path::PathBuf>,
     /// Bans on the command line, comma-separated, in the ban-file syntax.
-    #[arg(long, env = "CHAT_BAN", value_delimiter = ',')]
+    #[arg(long, env = "CHAT_BAN", value_delimiter = ',', value_parser = ban)]
     ban: Vec<String>,
     /// Failed handshakes (wrong or malformed ids) one address (IPv6: one /64) may make in a burst;
     /// past it, connections from there are refused until the allowance refills.
@@ -108,7 +113,8 @@ struct Args {
     #[arg(long, env = "CHAT_FAILED_HANDSHAKE_WINDOW", value_parser = seconds, default_value = "60")]
     failed_handshake_window: Duration,
     /// MySQL connections this node keeps at most.
-    #[arg(long, env = "CHAT_DB_POOL", default_value_t = config::DEFAULT_DB_POOL)]
+    #[arg(long, env = "CHAT_DB_POOL", default_value_t = config::DEFAULT_DB_POOL,
+          value_parser = clap::value_parser!(u32).range(1..).map(|n| n as usize))]
     db_pool: usize,
     /// Delete delivered messages older than this (7d, 12h, 30m, 45s; a bare number is days);
     /// `off` or 0 keeps them forever. One node of the cluster purges at a time.
@@ -146,8 +152,9 @@ struct Args {
     proxy_protocol: bool,
 }
 
+/// A duration flag that may be 0 (off).
 fn seconds_or_zero(s: &str) -> Result<Duration, String> {
-    if s.trim() == "0" {
+    if matches!(s.trim(), "0" | "0s") {
         return Ok(Duration::ZERO);
     }
     seconds(s)
@@ -156,15 +163,19 @@ fn seconds_or_zero(s: &str) -> Result<Duration, String> {
 /// A retention period, `None` for off (an alias, so that clap takes `None` as a value, not as "flag absent").
 type Retention = Option<Duration>;
 
+/// A positive duration flag: plain seconds (`5`, `0.5`) or with units (`500ms`, `5s`, `2m`).
 fn seconds(s: &str) -> Result<Duration, String> {
-    let secs: f64 = s
-        .parse()
-        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
-    if secs.is_finite() && secs > 0.0 && secs < 1e9 {
-        Ok(Duration::from_secs_f64(secs))
-    } else {
-        Err(format!("{s:?}: expected a positive number of seconds"))
-    }
+    config::parse_duration(s, Duration::from_millis(1))
+}
+
+/// A duration flag that breaks the node below 1 s (leases, heartbeats).
+fn at_least_a_second(s: &str) -> Result<Duration, String> {
+    config::parse_duration(s, Duration::from_secs(1))
+}
+
+/// A ban as in the ban file, checked while parsing (so that a bad one names its flag or file key).
+fn ban(s: &str) -> Result<String, String> {
+    Ban::parse(s).map(|_| s.to_string())
 }
 
 #[tokio::main]
@@ -181,6 +192,10 @@ async fn main() -> ExitCode {
     if args.check_config {
         return check_config(&args, parsed.file.as_deref(), &parsed.used_keys);
     }
+    if let Some(clash) = port_clash(&args) {
+        eprintln!("chat-server: error: {clash}");
+        return ExitCode::from(2);
+    }
     if let Err(e) = logging::init(&args.log_level, args.log_format) {
         eprintln!("chat-server: {e}");
         return ExitCode::from(2);
@@ -195,7 +210,27 @@ async fn main() -> ExitCode {
     }
 }
 
-/// `--check-config`: what parsing could not check (node id, log filter, ban entries).
+/// Two listeners of this node on the same port (0 excepted: it picks a free one).
+fn port_clash(args: &Args) -> Option<String> {
+    let ports = [
+        ("--port", Some(args.port)),
+        ("--tls-port", args.tls_port),
+        ("--metrics-addr", args.metrics_addr.map(|a| a.port())),
+    ];
+    let used: Vec<(&str, u16)> = ports
+        .iter()
+        .filter_map(|(flag, port)| port.filter(|p| *p != 0).map(|p| (*flag, p)))
+        .collect();
+    used.iter().enumerate().find_map(|(i, (flag, port))| {
+        used[i + 1..]
+            .iter()
+            .find(|(_, other)| other == port)
+            .map(|(other, _)| format!("port {port} is used twice: {flag} and {other}"))
+    })
+}
+
+/// `--check-config`: what parsing could not check (node id, log filter, ban entries, listener
+/// ports, the TLS certificate and key).
 fn check_config(args: &Args, file: Option<&std::path::Path>, used: &[String]) -> ExitCode {
     let mut problems = Vec::new();
     if let Some(id) = &args.node_id {
@@ -205,6 +240,11 @@ fn check_config(args: &Args, file: Option<&std::path::Path>, used: &[String]) ->
         problems.push(format!("invalid log level {:?}: {e}", args.log_level));
     }
     problems.extend(args.ban.iter().filter_map(|b| Ban::parse(b).err()));
+    problems.extend(port_clash(args));
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        // The same loading as at start: the files exist, parse, and the key fits the certificate.
+        problems.extend(Tls::load(cert, key).err().map(|e| format!("{e:#}")));
+    }
     let source = file.map_or("flags and environment (no config file)".to_string(), |f| {
         f.display().to_string()
     });
@@ -275,8 +315,8 @@ async fn serve(args: Args) -> Result<()> {
     };
 
     let mut config = NodeConfig::new(node_id);
-    config.max_line = args.max_line.max(16);
-    config.max_connections = args.max_connections.max(1);
+    config.max_line = args.max_line;
+    config.max_connections = args.max_connections;
     config.handshake_timeout = args.handshake_timeout;
     config.write_timeout = args.write_timeout;
     config.sweep_interval = args.sweep_interval;

@@ -17,6 +17,41 @@ fn stderr(out: &std::process::Output) -> String {
 }
 
 #[test]
+fn ban_broadcasts_resume_soon_after_a_redis_restart() {
+    let mut env = Env::private("adm_ban_redis");
+    // Polls the table only every 600 s: after the restart, the ban must come as a broadcast.
+    let node = env.node("a", &["--bans-poll", "600"]);
+    let subscriptions = |node: &crate::support::node::Node| {
+        node.log().matches("subscribed to ban broadcasts").count()
+    };
+    eventually("subscribed", Duration::from_secs(20), || {
+        subscriptions(&node) == 1
+    });
+    env.redis_mut().kill();
+    eventually("the loss is seen", Duration::from_secs(20), || {
+        node.log().contains("lost the ban broadcast subscription")
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    env.redis_mut().restart();
+    eventually("subscribed again", Duration::from_secs(20), || {
+        subscriptions(&node) == 2
+    });
+    // Logged at warn once, however many retries it took.
+    let log = node.log();
+    let warnings = log
+        .lines()
+        .filter(|l| l.contains("\"WARN\"") && l.contains("ban broadcast"))
+        .count();
+    assert_eq!(warnings, 1, "{log}");
+
+    let mut victim = node.connect();
+    let id = victim.register();
+    let out = env.admin(&["ban", &id]);
+    assert!(out.status.success(), "{out:?}");
+    victim.expect("BYE: banned");
+}
+
+#[test]
 fn a_ban_reaches_every_node_and_an_unban_lifts_it() {
     let env = Env::new("adm_ban");
     // Node b polls the bans table only every 600 s: its kick must come from the Redis broadcast.
@@ -273,6 +308,45 @@ fn errors_have_documented_exit_codes() {
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert!(stderr(&out).contains("warning"), "{out:?}");
     assert_eq!(env.admin_json(&["bans"])["bans"][0]["entry"], "192.0.2.1");
+}
+
+#[test]
+fn json_failures_are_one_document_on_stdout_too() {
+    let env = Env::new("adm_json_fail");
+    let _node = env.node("a", &[]);
+    let json = |out: &std::process::Output| -> serde_json::Value {
+        serde_json::from_str(stdout(out).trim())
+            .unwrap_or_else(|e| panic!("not one JSON document on stdout ({e}): {out:?}"))
+    };
+    // No such client: exit 3.
+    let out = env.admin(&["--json", "client", &uuid_like()]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let doc = json(&out);
+    assert_eq!(doc["exit"], 3, "{doc}");
+    assert!(
+        doc["error"].as_str().unwrap().contains("unknown client id"),
+        "{doc}"
+    );
+    assert!(stderr(&out).contains("unknown client id"), "{out:?}");
+    // Invalid arguments: exit 2, from argument parsing as well as from the command's checks.
+    for args in [
+        &["--json", "ban", "999.1.1.1"][..],
+        &["--json", "frobnicate"][..],
+        &["purge", "--json", "--older-than", "soon"][..],
+    ] {
+        let out = env.admin(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        assert_eq!(json(&out)["exit"], 2, "{args:?}: {out:?}");
+        assert!(!stderr(&out).is_empty(), "{args:?}: {out:?}");
+    }
+    // MySQL unreachable: exit 1.
+    let nowhere = format!("mysql://root@127.0.0.1:{}/chat", free_port());
+    let out = env.admin(&["--json", "--database-url", &nowhere, "backlog"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(json(&out)["exit"], 1, "{out:?}");
+    // Without --json, stdout stays empty on failure.
+    let out = env.admin(&["client", &uuid_like()]);
+    assert_eq!(stdout(&out), "", "{out:?}");
 }
 
 /// A well-formed client id that no client has.

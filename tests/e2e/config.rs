@@ -6,6 +6,7 @@ use std::process::{Command, Output};
 
 use crate::support::node::{run_with_timeout, spawn_logged, Env};
 use crate::support::services::free_port;
+use crate::support::tls::{cert_path, key_path, make_cert};
 
 const SERVER: &str = env!("CARGO_BIN_EXE_chat-server");
 const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/chat-server.toml");
@@ -87,6 +88,16 @@ fn check_config_reports_what_is_wrong_and_where() {
     );
     let out = check(&["--config", &good], &[]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
+    // Every duration flag takes plain seconds and units alike.
+    let durations = write(
+        dir.path(),
+        "durations.toml",
+        "retention-interval = \"5s\"\ndrain-delay = \"1m\"\nlease = \"30s\"\nnode-ttl = 5\n\
+         handshake-timeout = \"500ms\"\nwrite-timeout = 2.5\nbans-poll = \"1h 30m\"\n",
+    );
+    let out = check(&["--config", &durations], &[]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let out = check(&["--config", &good], &[]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("OK") && text.contains("max-line"), "{text}");
     // Overridden keys are not in effect.
@@ -117,8 +128,48 @@ fn check_config_reports_what_is_wrong_and_where() {
         ),
         ("ban = \"10.0.0.0/33\"\n", "bad prefix length"),
         ("retention = \"7w\"\n", "key \"retention\""),
-        ("[server]\nport = 1\n", "unknown key \"server\""),
+        (
+            "port = 1\n[server]\nport = 1\n",
+            ":2: [server]: tables are not supported",
+        ),
         ("port = = 1\n", ":1: invalid TOML"),
+        // The whole list of missing flags, not just the sentence before it.
+        (
+            "tls-port = 8643\n",
+            "the following required arguments were not provided: --tls-cert <TLS_CERT> --tls-key <TLS_KEY>",
+        ),
+        // A bad ban names its line and key.
+        (
+            "port = 1\nban = [\"1.2.3.4\", \"5\"]\n",
+            ":2: key \"ban\": invalid value '5'",
+        ),
+        // Zero limits are refused, not clamped.
+        ("max-line = 0\n", ":1: key \"max-line\": invalid value '0'"),
+        ("max-line = 15\n", ":1: key \"max-line\": invalid value '15'"),
+        (
+            "max-connections = 0\n",
+            ":1: key \"max-connections\": invalid value '0'",
+        ),
+        ("db-pool = 0\n", ":1: key \"db-pool\": invalid value '0'"),
+        // Durations: below the minimum where a tiny value breaks the node.
+        ("lease = 0.001\n", ":1: key \"lease\": invalid value '0.001'"),
+        ("node-ttl = \"10ms\"\n", ":1: key \"node-ttl\""),
+        ("retention = \"1e-12s\"\n", ":1: key \"retention\""),
+        ("sweep-interval = \"5x\"\n", ":1: key \"sweep-interval\""),
+        // The same port twice.
+        (
+            "port = 8600\ntls-port = 8600\ntls-cert = \"c\"\ntls-key = \"k\"\n",
+            "port 8600 is used twice: --port and --tls-port",
+        ),
+        (
+            "port = 8601\nmetrics-addr = \"127.0.0.1:8601\"\n",
+            "port 8601 is used twice: --port and --metrics-addr",
+        ),
+        // TLS files are loaded as the node loads them.
+        (
+            "tls-port = 8643\ntls-cert = \"/nonexistent/cert.pem\"\ntls-key = \"/nonexistent/key.pem\"\n",
+            "/nonexistent/cert.pem",
+        ),
     ];
     for (i, (text, expected)) in cases.iter().enumerate() {
         let path = write(dir.path(), &format!("bad{i}.toml"), text);
@@ -143,6 +194,29 @@ fn check_config_reports_what_is_wrong_and_where() {
     let out = run_with_timeout(server(&[]).args(["--config", &bad]));
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown key \"max-lines\""));
+}
+
+#[test]
+fn check_config_loads_the_tls_files_as_the_node_does() {
+    let dir = tempfile::tempdir().unwrap();
+    make_cert(dir.path(), "localhost");
+    let (cert, key) = (cert_path(dir.path()), key_path(dir.path()));
+    let (cert, key) = (cert.display().to_string(), key.display().to_string());
+    let out = check(
+        &["--tls-port", "0", "--tls-cert", &cert, "--tls-key", &key],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    // A key that is not a key: refused with the file named.
+    let out = check(
+        &["--tls-port", "0", "--tls-cert", &cert, "--tls-key", &cert],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&cert),
+        "{out:?}"
+    );
 }
 
 /// Long flag names in `chat-server --help`.
@@ -176,7 +250,18 @@ fn the_example_config_is_valid_and_names_every_flag() {
         })
         .collect::<Vec<_>>()
         .join("\n");
+    // The TLS files it names exist only on a real host: real ones made here instead.
     let dir = tempfile::tempdir().unwrap();
+    make_cert(dir.path(), "localhost");
+    let uncommented = uncommented
+        .replace(
+            "/etc/chat/cert.pem",
+            &cert_path(dir.path()).display().to_string(),
+        )
+        .replace(
+            "/etc/chat/key.pem",
+            &key_path(dir.path()).display().to_string(),
+        );
     let all = write(dir.path(), "all.toml", &uncommented);
     let out = check(&["--config", &all], &[]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");

@@ -119,3 +119,109 @@ fn health_and_readiness_and_draining_on_sigterm() {
     let status = node.wait(Duration::from_secs(30)).expect("node exits");
     assert_eq!(status.code(), Some(0), "{}", node.log());
 }
+
+#[test]
+fn a_fresh_node_exports_every_documented_metric() {
+    let env = Env::new("metrics_fresh");
+    let node = env.node("a", &["--metrics-addr", "127.0.0.1:0"]);
+    let port = node.logged_port("metrics listening");
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let documented: Vec<&str> = readme
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `chat_"))
+        .filter_map(|l| l.split(['`', '{']).next())
+        .collect();
+    assert!(documented.len() >= 18, "{documented:?}");
+    let m = scrape(port);
+    for name in documented {
+        assert!(
+            m.0.contains(&format!("# TYPE chat_{name} ")),
+            "chat_{name} missing from a fresh node's /metrics:\n{}",
+            m.0
+        );
+    }
+    // Known label values are there at 0 before they first move.
+    for series in [
+        "chat_handshakes_total{outcome=\"new\"} 0",
+        "chat_handshakes_total{outcome=\"server_full\"} 0",
+        "chat_messages_delivered_total{mode=\"plain\"} 0",
+        "chat_messages_delivered_total{mode=\"ack\"} 0",
+        "chat_tls_reloads_total{result=\"ok\"} 0",
+        "chat_tls_reloads_total{result=\"error\"} 0",
+        "chat_mysql_errors_total 0",
+        "chat_delivery_latency_seconds_count 0",
+    ] {
+        assert!(m.0.lines().any(|l| l == series), "{series}:\n{}", m.0);
+    }
+}
+
+/// A raw request on the operations port: everything the node sent back.
+fn raw(port: u16, request: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
+#[test]
+fn head_gets_headers_only_and_a_full_node_is_not_ready() {
+    let env = Env::new("metrics_full");
+    let node = env.node(
+        "a",
+        &["--metrics-addr", "127.0.0.1:0", "--max-connections", "1"],
+    );
+    let port = node.logged_port("metrics listening");
+    for path in ["/healthz", "/readyz"] {
+        let response = raw(port, &format!("HEAD {path} HTTP/1.1\r\nHost: t\r\n\r\n"));
+        assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+        assert!(
+            response.ends_with("\r\n\r\n"),
+            "a body after HEAD: {response:?}"
+        );
+        assert!(response.contains("Content-Length: "), "{response}");
+    }
+    assert_eq!(get(port, "/readyz"), (200, "ready\n".to_string()));
+
+    // The one slot taken: new clients get `server full`, and /readyz says so.
+    let mut held = node.connect();
+    held.register();
+    assert_eq!(
+        get(port, "/readyz"),
+        (503, "at --max-connections\n".to_string())
+    );
+    let mut refused = crate::support::client::TestClient::connect(node.addr());
+    refused.expect("ERROR: server full, try again later");
+    held.send("DISCONNECT");
+    held.expect("BYE: disconnected");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while get(port, "/readyz").0 != 200 {
+        assert!(Instant::now() < deadline, "/readyz stayed unready");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn slow_connections_do_not_starve_health_checks() {
+    let env = Env::new("metrics_slowloris");
+    let node = env.node("a", &["--metrics-addr", "127.0.0.1:0"]);
+    let port = node.logged_port("metrics listening");
+    // 600 connections that never finish their request head (more than the port serves at once).
+    let idle: Vec<std::net::TcpStream> = (0..600)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            std::io::Write::write_all(&mut s, b"GET /readyz HTTP/1.1\r\n").unwrap();
+            s
+        })
+        .collect();
+    // Health checks are still answered (each slow connection is dropped after its head timeout).
+    for _ in 0..3 {
+        assert_eq!(get(port, "/healthz"), (200, "ok\n".to_string()));
+    }
+    drop(idle);
+}

@@ -41,7 +41,7 @@ pub struct Metrics(pub String);
 
 impl Metrics {
     /// The value of the series written exactly as `series` (`name` or `name{label="v"}`); 0 when
-    /// absent (a counter that never moved is not rendered).
+    /// absent.
     pub fn value(&self, series: &str) -> f64 {
         self.0
             .lines()
