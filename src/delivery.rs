@@ -54,6 +54,10 @@ pub struct Cursor {
     /// Acknowledged mode: seqs acknowledged after their deadline, to be marked expired in MySQL
     /// before the cursor that covers them is recorded.
     late: Vec<u64>,
+    /// Acknowledged mode: seqs with a deadline acknowledged in time but ahead of the cumulative
+    /// cursor (an earlier message is still unacknowledged): their deadline is taken off in MySQL,
+    /// so that they are never reported expired.
+    kept: Vec<u64>,
 }
 
 impl Cursor {
@@ -73,6 +77,7 @@ impl Cursor {
             handoff_poll: HANDOFF_POLL,
             holder_missing_since: None,
             late: Vec::new(),
+            kept: Vec::new(),
         }
     }
 
@@ -126,10 +131,23 @@ impl Cursor {
             .find(|m| m.id == id && !m.acked)
             .ok_or(SessionError::NotInFlight(id))?;
         entry.acked = true;
-        if entry.deadline.is_some_and(|d| d <= Instant::now()) {
-            self.late.push(entry.seq);
+        let (seq, deadline) = (entry.seq, entry.deadline);
+        let in_time = match deadline {
+            Some(d) if d <= Instant::now() => {
+                self.late.push(seq);
+                false
+            }
+            Some(_) => true,
+            None => false,
+        };
+        let advanced = self.advance();
+        if in_time && self.acked < seq {
+            self.kept.push(seq);
+            if self.record_at.is_none() {
+                self.record_at = Some(Instant::now() + ACK_RECORD_DELAY);
+            }
         }
-        Ok(self.advance())
+        Ok(advanced)
     }
 
     /// Seqs acknowledged too late (after their deadline), not yet marked expired in MySQL.
@@ -137,9 +155,15 @@ impl Cursor {
         &self.late
     }
 
-    /// The late acknowledgements are marked in MySQL.
-    pub fn late_marked(&mut self) {
+    /// Seqs acknowledged in time ahead of the cursor, whose deadline is not yet taken off.
+    pub fn kept(&self) -> &[u64] {
+        &self.kept
+    }
+
+    /// The late and kept acknowledgements are written to MySQL.
+    pub fn acks_marked(&mut self) {
         self.late.clear();
+        self.kept.clear();
     }
 
     /// Moves the acknowledged cursor over the acknowledged front of the window; `true` if it moved
@@ -247,7 +271,24 @@ mod tests {
         assert_eq!(c.ack(1001), Ok(true));
         assert_eq!(c.ack(1002), Ok(true));
         assert_eq!(c.late(), &[1]);
-        c.late_marked();
+        assert!(c.kept().is_empty());
+        c.acks_marked();
+        assert!(c.late().is_empty());
+        assert_eq!(c.done(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_ack_in_time_ahead_of_the_cursor_is_kept() {
+        let mut c = Cursor::new(&claim(0), Some(10), Instant::now());
+        let mut page = msgs(1..=2);
+        page[1].deadline = Some(Instant::now() + Duration::from_secs(1));
+        c.written(&page);
+        // 2 acknowledged in time while 1 is still out: its deadline must be taken off.
+        assert_eq!(c.ack(1002), Ok(false));
+        assert_eq!(c.kept(), &[2]);
+        assert!(c.record_at.is_some());
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(c.ack(1001), Ok(true));
         assert!(c.late().is_empty());
         assert_eq!(c.done(), 2);
     }

@@ -344,15 +344,16 @@ impl<S: AsyncRead + AsyncWrite> Session<S> {
     /// Writes the cursor to MySQL if it moved.
     async fn record(&mut self, reg: &Registration, cursor: &mut Cursor) -> Result<(), End> {
         cursor.record_at = None;
-        let Some(done) = cursor.unrecorded() else {
-            return Ok(());
-        };
-        // Acknowledged too late: expired, and marked so before the cursor passes them.
-        if let Err(e) = self.mark_late_acks(reg, cursor).await {
-            warn!(error = %e, "could not mark late acknowledgements; will retry");
+        // Acknowledged too late: expired, marked so before the cursor passes them; in time but
+        // ahead of the cursor: their deadline taken off.
+        if let Err(e) = self.mark_acks(reg, cursor).await {
+            warn!(error = %e, "could not record acknowledgements against deadlines; will retry");
             cursor.record_failed();
             return Ok(());
         }
+        let Some(done) = cursor.unrecorded() else {
+            return Ok(());
+        };
         match self
             .node
             .cursors
@@ -387,8 +388,8 @@ impl<S: AsyncRead + AsyncWrite> Session<S> {
         let _ = self.writer.shutdown().await;
         self.node.registry.unregister(reg.client_id, reg.epoch);
         if cursor.holding {
-            if let Err(e) = self.mark_late_acks(reg, cursor).await {
-                warn!(error = %e, "could not mark late acknowledgements");
+            if let Err(e) = self.mark_acks(reg, cursor).await {
+                warn!(error = %e, "could not record acknowledgements against deadlines");
             }
             let done = cursor.done();
             if let Err(e) = self
@@ -411,20 +412,17 @@ impl<S: AsyncRead + AsyncWrite> Session<S> {
         }
     }
 
-    /// Marks the messages acknowledged after their deadline expired (acknowledged mode).
-    async fn mark_late_acks(
+    /// Acknowledged mode: marks the messages acknowledged after their deadline expired, and takes
+    /// the deadline off those acknowledged in time ahead of the cursor.
+    async fn mark_acks(
         &self,
         reg: &Registration,
         cursor: &mut Cursor,
     ) -> Result<(), crate::store::StoreError> {
-        if cursor.late().is_empty() {
-            return Ok(());
-        }
-        self.node
-            .store
-            .mark_expired(reg.client_id, cursor.late())
-            .await?;
-        cursor.late_marked();
+        let store = &self.node.store;
+        store.mark_expired(reg.client_id, cursor.late()).await?;
+        store.clear_deadlines(reg.client_id, cursor.kept()).await?;
+        cursor.acks_marked();
         Ok(())
     }
 

@@ -386,7 +386,8 @@ async fn run(args: &Args, store: &Store) -> Outcome {
             match purge {
                 Purge::Done { deleted, dropped } if *pending => Ok((
                     format!(
-                        "deleted {deleted} delivered messages; dropped {dropped} undelivered                          messages (their clients get DROPPED lines)"
+                        "deleted {deleted} delivered messages; dropped {dropped} undelivered \
+                         messages (their clients get DROPPED lines)"
                     ),
                     json!({"deleted": deleted, "dropped": dropped}),
                 )),

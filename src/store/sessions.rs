@@ -232,6 +232,23 @@ impl Store {
 
     /// Marks messages of one client expired: a session found their time run out and skips them.
     pub async fn mark_expired(&self, id: ClientId, seqs: &[u64]) -> Result<(), StoreError> {
+        self.set_live_messages(id, seqs, "dropped = 1, dropped_at = NOW(6)")
+            .await
+    }
+
+    /// Takes the deadline off messages of one client that were acknowledged in time (ahead of
+    /// its cumulative cursor), so that they are never reported or dropped as expired.
+    pub async fn clear_deadlines(&self, id: ClientId, seqs: &[u64]) -> Result<(), StoreError> {
+        self.set_live_messages(id, seqs, "expires_at = NULL").await
+    }
+
+    /// `UPDATE messages SET <set>` on the given, not dropped, messages of one client.
+    async fn set_live_messages(
+        &self,
+        id: ClientId,
+        seqs: &[u64],
+        set: &str,
+    ) -> Result<(), StoreError> {
         if seqs.is_empty() {
             return Ok(());
         }
@@ -244,8 +261,8 @@ impl Store {
             let mut conn = self.pool.get_conn().await?;
             conn.exec_drop(
                 format!(
-                    "UPDATE messages SET dropped = 1, dropped_at = NOW(6) \
-                     WHERE client_id = ? AND seq IN ({list}) AND dropped = 0"
+                    "UPDATE messages SET {set} WHERE client_id = ? AND seq IN ({list}) \
+                     AND dropped = 0"
                 ),
                 (&id.as_bytes()[..],),
             )

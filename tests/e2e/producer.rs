@@ -534,6 +534,33 @@ fn a_run_of_dropped_messages_is_one_line_across_pages() {
 }
 
 #[test]
+fn an_acknowledgement_in_time_is_never_reported_expired() {
+    let env = Env::new("pr_ack_in_time");
+    let node = env.node("a", &[]);
+    let mut c = node.connect();
+    let id = c.register_ack();
+    let first = first_id(&enqueue_expect(&env, &[&id, "no deadline"], 0));
+    let timed = first_id(&enqueue_expect(&env, &["--ttl", "1", &id, "deadline"], 0));
+    c.expect(&format!("MESSAGE {first}: no deadline"));
+    c.expect(&format!("MESSAGE {timed}: deadline"));
+    // In time, but ahead of the unacknowledged first message.
+    c.send(&format!("ACK {timed}"));
+    std::thread::sleep(Duration::from_millis(3500));
+    assert_eq!(state(&status(&env, &[timed])[0]), "queued");
+    c.send(&format!("ACK {first}"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let found = loop {
+        let found = status(&env, &[first, timed]);
+        if state(&found[1]) != "queued" || std::time::Instant::now() > deadline {
+            break found;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(state(&found[0]), "acknowledged", "{}", found[0]);
+    assert_eq!(state(&found[1]), "acknowledged", "{}", found[1]);
+}
+
+#[test]
 fn an_acknowledgement_after_the_deadline_leaves_the_message_expired() {
     let env = Env::new("pr_late_ack");
     let node = env.node("a", &[]);
@@ -566,8 +593,8 @@ fn an_acknowledgement_after_the_deadline_leaves_the_message_expired() {
 }
 
 #[test]
-fn stdin_lines_are_stored_when_input_pauses() {
-    use std::io::Write;
+fn stdin_stores_and_reports_a_steady_stream_while_it_flows() {
+    use std::io::{BufRead, Write};
     let env = Env::new("pr_linger");
     let node = env.node("a", &[]);
     let mut c = node.connect();
@@ -575,18 +602,36 @@ fn stdin_lines_are_stored_when_input_pauses() {
     let mut child = env
         .command(crate::support::node::ENQUEUE, &["--stdin"])
         .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
     let mut input = child.stdin.take().unwrap();
-    writeln!(input, "{id}\tfirst of a slow stream").unwrap();
-    input.flush().unwrap();
-    // The producer keeps its stdin open; the line still arrives.
-    assert_eq!(c.messages(1), vec!["first of a slow stream"]);
-    writeln!(input, "{id}\tsecond").unwrap();
-    drop(input);
-    assert_eq!(c.messages(1), vec!["second"]);
+    // A producer writing a line every 50 ms, never pausing for long, for 3 s.
+    let writer = std::thread::spawn(move || {
+        for n in 0..60 {
+            writeln!(input, "{id}\tsteady {n}").unwrap();
+            input.flush().unwrap();
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    // The first lines arrive, and their ids are printed, while the stream still flows.
+    assert_eq!(c.messages(1), vec!["steady 0"]);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let _ = tx.send(line.unwrap());
+        }
+    });
+    let first = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("an id line");
+    assert!(first.starts_with("1 "), "{first}");
+    assert!(!writer.is_finished(), "stored only when the stream ended");
+    writer.join().unwrap();
+    let rest = c.messages(59);
+    assert_eq!(rest.last().map(String::as_str), Some("steady 59"));
     assert!(child.wait().unwrap().success());
 }
 

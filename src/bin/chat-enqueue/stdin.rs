@@ -59,10 +59,16 @@ pub async fn run(
     let mut refusals: Vec<(u64, String)> = Vec::new();
     let mut eof = false;
     let mut redis_warned = false;
+    // When the first line of the batch being gathered was read: a slow producer (`tail -f |
+    // chat-enqueue --stdin`) gets its lines stored at most LINGER after they came, not only when
+    // a batch is full.
+    let mut gathering_since: Option<tokio::time::Instant> = None;
     while !eof {
-        // A slow producer (`tail -f | chat-enqueue --stdin`) gets its lines stored once input
-        // pauses for LINGER, not only when a batch is full.
-        let idle = match tokio::time::timeout(LINGER, rx.recv()).await {
+        let next = match gathering_since {
+            Some(since) => tokio::time::timeout_at(since + LINGER, rx.recv()).await,
+            None => Ok(rx.recv().await),
+        };
+        let idle = match next {
             Err(_) => true,
             Ok(read) => {
                 match read {
@@ -81,7 +87,10 @@ pub async fn run(
                     Some(Ok(Read::Line(raw))) => {
                         number += 1;
                         match parse(number, &raw) {
-                            Ok(Some(line)) => pending.push(line),
+                            Ok(Some(line)) => {
+                                gathering_since.get_or_insert_with(tokio::time::Instant::now);
+                                pending.push(line)
+                            }
                             Ok(None) => {}
                             Err(why) => refusals.push((number, why)),
                         }
@@ -134,7 +143,10 @@ pub async fn run(
             }
         }
         refuse(&mut refusals, &mut refused);
+        // The ids of this batch now, for a producer that reads them while it writes.
+        let _ = out.flush();
         pending.clear();
+        gathering_since = None;
     }
     let _ = out.flush();
     summary(stored, refused, number, started);
