@@ -47,7 +47,18 @@ pub enum ProxyError {
 /// Reads the PROXY header (v1 or v2) from the start of `stream`.
 pub async fn read_header<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Proxied, ProxyError> {
     let mut head = [0u8; MIN_V1_LEN];
-    read_exact(stream, &mut head).await?;
+    // Byte by byte while the start still fits a signature: anything else is refused at once
+    // instead of waiting for the rest of a header that will never come.
+    for i in 0..MIN_V1_LEN {
+        read_exact(stream, &mut head[i..=i]).await?;
+        let fits = |signature: &[u8]| {
+            let n = (i + 1).min(signature.len());
+            head[..n] == signature[..n]
+        };
+        if !fits(b"PROXY ") && !fits(V2_SIGNATURE) {
+            return Err(ProxyError::Missing);
+        }
+    }
     if head.starts_with(b"PROXY ") {
         let mut line = head.to_vec();
         // Byte by byte up to CRLF, so that nothing after the header is consumed.
@@ -326,5 +337,19 @@ mod tests {
             read(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.0,
             Err(ProxyError::Missing)
         );
+    }
+
+    #[tokio::test]
+    async fn a_start_that_fits_no_signature_is_refused_without_waiting_for_more() {
+        use tokio::io::AsyncWriteExt;
+        let (mut client, mut server) = tokio::io::duplex(64);
+        // Three bytes, and the connection stays open: no need to wait for fifteen.
+        client.write_all(b"hi\r").await.unwrap();
+        let header =
+            tokio::time::timeout(std::time::Duration::from_secs(5), read_header(&mut server))
+                .await
+                .expect("refused at once");
+        assert_eq!(header, Err(ProxyError::Missing));
+        drop(client);
     }
 }

@@ -114,7 +114,13 @@ async fn main() -> ExitCode {
                 e.exit();
             }
             let _ = e.print();
-            let message = e.kind().to_string();
+            // The message clap prints, without its "error: " prefix and the usage after it.
+            let rendered = e.render().to_string();
+            let message = rendered
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .map(|l| l.trim_start_matches("error: ").trim().to_string())
+                .unwrap_or_else(|| e.kind().to_string());
             print_error_json(&message, EXIT_INVALID);
             return ExitCode::from(EXIT_INVALID);
         }

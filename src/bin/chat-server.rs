@@ -51,10 +51,10 @@ struct Args {
     #[command(flatten)]
     urls: ServiceUrls,
     /// This node's name in the cluster, unique per node: 1-64 of [A-Za-z0-9._-]. Default: generated.
-    #[arg(long, env = "CHAT_NODE_ID")]
+    #[arg(long, env = "CHAT_NODE_ID", value_parser = parse_node_id)]
     node_id: Option<String>,
     /// Log filter: error, warn, info, debug, trace, or directives such as chat=debug.
-    #[arg(long, env = "CHAT_LOG_LEVEL", default_value = "info")]
+    #[arg(long, env = "CHAT_LOG_LEVEL", default_value = "info", value_parser = parse_log_level)]
     log_level: String,
     /// Log line format on stderr.
     #[arg(long, env = "CHAT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -227,6 +227,18 @@ fn port_clash(args: &Args) -> Option<String> {
             .find(|(_, other)| other == port)
             .map(|(other, _)| format!("port {port} is used twice: {flag} and {other}"))
     })
+}
+
+/// A node id, checked while parsing (so a config file's error names its line and key).
+fn parse_node_id(s: &str) -> Result<String, String> {
+    config::validate_node_id(s).map(|()| s.to_string())
+}
+
+/// A log filter, checked while parsing.
+fn parse_log_level(s: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::try_new(s)
+        .map(|_| s.to_string())
+        .map_err(|e| format!("invalid log filter: {e}"))
 }
 
 /// `--check-config`: what parsing could not check (node id, log filter, ban entries, listener
