@@ -153,21 +153,18 @@ impl Enqueuer {
     ) -> Result<Enqueued, EnqueueError> {
         validate(text, self.max_bytes)?;
         validate_options(options)?;
-        let stored = if options.is_plain() {
-            self.store.enqueue(client, text.as_bytes()).await?
-        } else {
-            let item = NewMessage {
-                client,
-                body: text.as_bytes(),
-                options,
-            };
-            self.store
-                .enqueue_batch(&[item], self.dedupe_window)
-                .await?
-                .pop()
-                .flatten()
-        }
-        .ok_or(EnqueueError::UnknownClient(client))?;
+        let item = NewMessage {
+            client,
+            body: text.as_bytes(),
+            options,
+        };
+        let stored = self
+            .store
+            .enqueue_batch(&[item], self.dedupe_window)
+            .await?
+            .pop()
+            .flatten()
+            .ok_or(EnqueueError::UnknownClient(client))?;
         let notified = match &self.bus {
             Some(_) if stored.duplicate => Ok(false),
             Some(bus) => bus.notify(client).await,

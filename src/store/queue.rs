@@ -66,8 +66,13 @@ impl Store {
         items: &[NewMessage<'_>],
         dedupe_window: Duration,
     ) -> Result<Vec<Option<Stored>>, StoreError> {
-        if items.is_empty() {
-            return Ok(Vec::new());
+        match items {
+            [] => return Ok(Vec::new()),
+            // One plain message: the two-statement append, without the batch's bookkeeping.
+            [one] if one.options.is_plain() => {
+                return Ok(vec![self.enqueue(one.client, one.body).await?])
+            }
+            _ => {}
         }
         let all: Vec<ClientId> = {
             let mut ids: Vec<ClientId> = items.iter().map(|m| m.client).collect();

@@ -240,38 +240,21 @@ async fn to_clients(
 ) -> Result<u8, ExitCode> {
     let mut ids = Vec::with_capacity(clients.len());
     let mut unknown = Vec::new();
-    let mut redis_failed = None;
-    if let [client] = clients {
-        match enqueuer.enqueue_with(*client, text, options).await {
-            Ok(done) => {
-                if let Err(e) = &done.notified {
-                    redis_failed = Some(e.to_string());
-                }
-                note(done.message_id, done.duplicate, done.replaced, args);
-                ids.push((*client, done.message_id));
+    // One transaction for all (a single plain message takes the store's two-statement path).
+    let items: Vec<(ClientId, &str)> = clients.iter().map(|c| (*c, text)).collect();
+    let (results, notified) = match enqueuer.enqueue_batch_with(&items, options).await {
+        Ok(done) => done,
+        Err(e) => return Err(store_failure(STORE_FAILED, &args.urls, e)),
+    };
+    let redis_failed = notified.err().map(|e| e.to_string());
+    for (client, result) in clients.iter().zip(results) {
+        match result {
+            Ok(s) => {
+                note(s.id, s.duplicate, s.replaced, args);
+                ids.push((*client, s.id));
             }
             Err(EnqueueError::UnknownClient(id)) => unknown.push(id),
-            Err(EnqueueError::Invalid(e)) => return Err(fail(EXIT_INVALID, e)),
-            Err(EnqueueError::Store(e)) => return Err(store_failure(STORE_FAILED, &args.urls, e)),
-        }
-    } else {
-        let items: Vec<(ClientId, &str)> = clients.iter().map(|c| (*c, text)).collect();
-        let (results, notified) = match enqueuer.enqueue_batch_with(&items, options).await {
-            Ok(done) => done,
-            Err(e) => return Err(store_failure(STORE_FAILED, &args.urls, e)),
-        };
-        if let Err(e) = notified {
-            redis_failed = Some(e.to_string());
-        }
-        for (client, result) in clients.iter().zip(results) {
-            match result {
-                Ok(s) => {
-                    note(s.id, s.duplicate, s.replaced, args);
-                    ids.push((*client, s.id));
-                }
-                Err(EnqueueError::UnknownClient(id)) => unknown.push(id),
-                Err(e) => return Err(fail(EXIT_INVALID, e)),
-            }
+            Err(e) => return Err(fail(EXIT_INVALID, e)),
         }
     }
     let mut out = std::io::stdout().lock();
