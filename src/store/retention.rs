@@ -87,32 +87,20 @@ impl Store {
                 return Ok((deleted, dropped));
             };
             after = last.clone();
-            let ranges = page
-                .iter()
-                .map(|(id, seq)| format!("(client_id = X'{}' AND seq <= {seq})", hex(id)))
-                .collect::<Vec<_>>()
-                .join(" OR ");
+            let ranges = seq_ranges(&page, "<=");
             let sql = format!(
                 "DELETE FROM messages WHERE ({ranges}) \
                  AND enqueued_at < NOW(6) - INTERVAL ? MICROSECOND LIMIT {batch}"
             );
-            deleted += self
-                .delete_batches(conn, &sql, age_us, batch, pause)
-                .await?;
+            deleted += self.in_batches(conn, &sql, age_us, batch, pause).await?;
             if pending {
-                let ranges = page
-                    .iter()
-                    .map(|(id, seq)| format!("(client_id = X'{}' AND seq > {seq})", hex(id)))
-                    .collect::<Vec<_>>()
-                    .join(" OR ");
+                let ranges = seq_ranges(&page, ">");
                 let sql = format!(
                     "UPDATE messages SET dropped = 3, dropped_at = NOW(6), body = '' \
                      WHERE ({ranges}) AND dropped = 0 \
                      AND enqueued_at < NOW(6) - INTERVAL ? MICROSECOND LIMIT {batch}"
                 );
-                dropped += self
-                    .delete_batches(conn, &sql, age_us, batch, pause)
-                    .await?;
+                dropped += self.in_batches(conn, &sql, age_us, batch, pause).await?;
             }
             // The delivery log of these clients past the same age (a log row older than the
             // cutoff covers only messages enqueued before it, deleted above when delivered), and
@@ -131,7 +119,7 @@ impl Store {
                     "DELETE FROM {table} WHERE client_id IN ({ids}) \
                      AND {column} < NOW(6) - INTERVAL ? MICROSECOND LIMIT {batch}"
                 );
-                self.delete_batches(conn, &sql, age, batch, pause).await?;
+                self.in_batches(conn, &sql, age, batch, pause).await?;
             }
             if (page.len() as u64) < CLIENTS_PER_PASS {
                 return Ok((deleted, dropped));
@@ -141,7 +129,7 @@ impl Store {
 
     /// Runs a `DELETE` (or `UPDATE`) `... LIMIT batch` with `age_us` until it changes less than
     /// `batch` rows, pausing after each statement that changed something; returns the rows.
-    async fn delete_batches(
+    async fn in_batches(
         &self,
         conn: &mut mysql_async::Conn,
         sql: &str,
@@ -166,4 +154,13 @@ impl Store {
             }
         }
     }
+}
+
+/// `(client_id = X'..' AND seq <op> <delivered_seq>) OR ...` for a page of (client, cursor):
+/// `<=` is each client's delivered range, `>` its pending one.
+fn seq_ranges(page: &[(Vec<u8>, u64)], op: &str) -> String {
+    page.iter()
+        .map(|(id, seq)| format!("(client_id = X'{}' AND seq {op} {seq})", hex(id)))
+        .collect::<Vec<_>>()
+        .join(" OR ")
 }
