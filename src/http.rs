@@ -14,7 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
-use crate::server::Node;
+use crate::node::Node;
 
 /// Longest request head read.
 const MAX_REQUEST: usize = 8 * 1024;

@@ -6,23 +6,23 @@
 //! - [`store`]: MySQL: every SQL statement and the migrations runner.
 //! - [`bus`]: Redis: which node holds which client, and node-to-node notifications.
 //! - [`registry`]: this node's live sessions, by client id.
-//! - [`session`]: one client's life: handshake, delivery loop, cleanup; [`round`]: one delivery round (pages, dropped runs).
+//! - [`node`]: the context every part of a node receives (settings, MySQL, Redis, registry, batchers).
+//! - [`session`]: one client's life: handshake, command and delivery loop, cleanup.
 //! - [`delivery`]: a session's cursor: written, acknowledged, recorded.
 //! - [`batcher`]: group commit: the MySQL reads and writes of many sessions as one statement.
-//! - [`server`]: listeners, accept loop, background sweeps, shutdown.
+//! - [`server`]: listeners, accept loop, connection limit, shutdown.
+//! - [`background`]: the loops beside the sessions (notifications, sweep, leases, heartbeat, bans, retention).
 //! - [`admission`]: ban list and the per-address limit on failed handshakes.
 //! - [`proxy`]: the PROXY protocol header (v1, v2) a load balancer sends first.
 //! - [`tls`]: the TLS listener's certificate, reloaded on SIGHUP.
 //! - [`stats`]: Prometheus metrics: names and recording calls; [`http`]: `/metrics`, `/healthz`, `/readyz`.
-//! - [`bans`]: the cluster-wide bans (MySQL) kept in force on a node.
-//! - [`retention`]: the background purge of old delivered messages.
 //! - [`enqueue`]: the producer API behind `chat-enqueue`.
 //! - [`config`], [`logging`]: settings and log output shared by the binaries.
 //! - [`config_file`]: TOML config files mapped onto a binary's flags.
 #![forbid(unsafe_code)]
 
 pub mod admission;
-pub mod bans;
+pub mod background;
 pub mod batcher;
 pub mod bus;
 pub mod codec;
@@ -32,11 +32,10 @@ pub mod delivery;
 pub mod enqueue;
 pub mod http;
 pub mod logging;
+pub mod node;
 pub mod protocol;
 pub mod proxy;
 pub mod registry;
-pub mod retention;
-pub mod round;
 pub mod server;
 pub mod session;
 pub mod stats;

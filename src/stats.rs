@@ -11,7 +11,6 @@ use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gau
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::protocol::SessionError;
-use crate::store::Pending;
 
 pub const SESSIONS_OPEN: &str = "chat_sessions_open";
 pub const HANDSHAKES: &str = "chat_handshakes_total";
@@ -197,22 +196,24 @@ pub fn fetched(n: usize) {
     counter!(FETCHED).increment(n as u64);
 }
 
-/// `messages` were just written to a client's socket: counts them and observes their latency.
-pub fn delivered(messages: &[Pending], acknowledged: bool) {
+/// Messages were just written to a client's socket: counts them (and the `dropped` ones counted in
+/// a `DROPPED` line instead) and observes each written one's latency from its enqueue time
+/// (microseconds since the Unix epoch, MySQL's clock).
+pub fn delivered(enqueued_at_us: impl Iterator<Item = u64>, dropped: u64, acknowledged: bool) {
     let mode = if acknowledged { "ack" } else { "plain" };
-    let dropped = messages.iter().filter(|m| m.dropped).count() as u64;
     if dropped > 0 {
         counter!(DROPPED).increment(dropped);
     }
-    counter!(DELIVERED, "mode" => mode).increment(messages.len() as u64 - dropped);
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or(Duration::ZERO);
     let latency = histogram!(LATENCY);
-    for message in messages.iter().filter(|m| !m.dropped) {
-        let enqueued = Duration::from_micros(message.enqueued_at_us);
-        latency.record(now.saturating_sub(enqueued).as_secs_f64());
+    let mut written = 0;
+    for at in enqueued_at_us {
+        written += 1;
+        latency.record(now.saturating_sub(Duration::from_micros(at)).as_secs_f64());
     }
+    counter!(DELIVERED, "mode" => mode).increment(written);
 }
 
 pub fn acknowledged() {

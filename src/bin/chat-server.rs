@@ -18,7 +18,8 @@ use chat::bus::Bus;
 use chat::config::{self, redact_url, NodeConfig, ServiceUrls};
 use chat::config_file::{self, ArgsError};
 use chat::logging::{self, LogFormat};
-use chat::server::{self, Node};
+use chat::node::Node;
+use chat::server;
 use chat::stats;
 use chat::store::Store;
 use chat::tls::Tls;
@@ -345,7 +346,7 @@ async fn serve(args: Args) -> Result<()> {
     let mut node = Node::new(config, store, bus, admission);
     node.tls = tls;
     let node = Arc::new(node);
-    chat::bans::load(&node)
+    chat::background::bans::load(&node)
         .await
         .with_context(|| format!("cannot load the cluster bans from MySQL at {db}"))?;
 

@@ -7,9 +7,9 @@ use tokio::time::Instant;
 use tracing::warn;
 
 use crate::delivery::Cursor;
+use crate::node::Node;
 use crate::protocol::Reply;
 use crate::registry::Registration;
-use crate::server::Node;
 use crate::stats;
 use crate::store::{Fetch, Pending};
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::server::Node;
+use crate::node::Node;
 use crate::store::Purge;
 
 /// Rows deleted per statement.

@@ -11,16 +11,17 @@ use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
-use crate::bus::{Note, Owner};
+mod deliver;
+mod handshake;
+mod round;
+
+use crate::bus::Owner;
 use crate::codec::{LineCodec, LineError};
 use crate::delivery::Cursor;
-use crate::protocol::{self, ByeReason, Command, Identity, Reply, SessionError};
+use crate::node::Node;
+use crate::protocol::{self, ByeReason, Command, Reply, SessionError};
 use crate::registry::Registration;
-use crate::round::{self, Stale};
-use crate::server::Node;
 use crate::stats;
-use crate::store::{Acquire, Claim};
-use crate::ClientId;
 
 /// Socket read buffer per connection; a longer line is assembled in the codec, up to `--max-line`.
 const READ_BUFFER: usize = 128;
@@ -124,72 +125,6 @@ impl<S: AsyncRead + AsyncWrite> Session<S> {
         stats::session_closed();
     }
 
-    /// Reads the answer to `GET_CLIENT_ID` and claims the client. `Ok(None)`: the peer left.
-    async fn handshake(
-        &mut self,
-        shutdown: &CancellationToken,
-    ) -> Result<Option<(ClientId, Claim, bool)>, SessionError> {
-        let limit = self.node.config.handshake_timeout;
-        let line = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(None),
-            line = timeout(limit, self.reader.next()) => line,
-        };
-        let line = match line {
-            Err(_) => return Err(SessionError::HandshakeTimeout(limit.as_secs())),
-            Ok(None) | Ok(Some(Err(LineError::Io(_)))) => return Ok(None),
-            Ok(Some(Err(LineError::TooLong(n)))) => return Err(SessionError::LineTooLong(n)),
-            Ok(Some(Ok(line))) => line,
-        };
-        let hello = protocol::parse_hello(&line).inspect_err(|_| self.failed())?;
-        if let Identity::Resume(id) = hello.identity {
-            if self.node.admission.is_banned(id) {
-                return Err(SessionError::Banned);
-            }
-        }
-        let store = &self.node.store;
-        let node_id = &self.node.config.node_id;
-        // Boxed: a connection waiting for its answer then holds only the small waiting state.
-        let claimed = match hello.identity {
-            Identity::New => Box::pin(store.create_client(node_id)).await.map(Some),
-            Identity::Resume(id) => Box::pin(self.node.claims.call(id))
-                .await
-                .map(|c| c.map(|claim| (id, claim))),
-        };
-        match claimed {
-            Ok(Some((id, claim))) => Ok(Some((id, claim, hello.ack))),
-            Ok(None) => {
-                self.failed();
-                Err(SessionError::UnknownClient)
-            }
-            Err(e) => {
-                warn!(error = %e, "MySQL unavailable during handshake");
-                Err(SessionError::Unavailable)
-            }
-        }
-    }
-
-    /// Counts a failed handshake against the peer's address.
-    fn failed(&self) {
-        if let Some(ip) = self.peer {
-            self.node.admission.failed(ip);
-        }
-    }
-
-    /// Records this node as the client's holder in Redis and kicks the previous holder elsewhere.
-    /// Failures only delay notifications (the sweep still finds pending messages).
-    async fn announce(&self, id: ClientId, owner: &Owner) {
-        let bus = &self.node.bus;
-        match bus.claim(id, owner, self.node.config.lease).await {
-            Ok(Some(previous)) if previous.node != owner.node && previous.epoch < owner.epoch => {
-                if let Err(e) = bus.send(&previous.node, Note::Kick(id, owner.epoch)).await {
-                    warn!(error = %e, node = %previous.node, "could not tell the previous node");
-                }
-            }
-            Ok(_) => {}
-            Err(e) => warn!(error = %e, "could not record ownership in Redis"),
-        }
-    }
-
     /// The command/delivery loop of an established session.
     async fn established(
         &mut self,
@@ -263,113 +198,6 @@ impl<S: AsyncRead + AsyncWrite> Session<S> {
         self.flush().await.err()
     }
 
-    /// One delivery round: takes the delivery right if needed, reads the next page of pending
-    /// messages from MySQL, writes them, then records the cursor (plain mode). A MySQL failure
-    /// schedules a retry; it never ends the session.
-    async fn deliver(&mut self, reg: &Registration, cursor: &mut Cursor) -> Result<(), End> {
-        if !cursor.holding && !self.take_over(reg, cursor).await? {
-            return Ok(());
-        }
-        let node = self.node.clone();
-        let round = match round::take(&node, reg, cursor, &mut self.out).await {
-            Ok(round) => round,
-            Err(Stale) => return Err(End::TakenOver),
-        };
-        if round.failed {
-            cursor.failed();
-        }
-        if round.taken.is_empty() {
-            return Ok(());
-        }
-        self.flush().await?;
-        if !cursor.acknowledged() {
-            round::mark_late_writes(&node, reg, &round.taken).await;
-        }
-        stats::delivered(&round.taken, cursor.acknowledged());
-        cursor.written(&round.taken);
-        debug!(count = round.taken.len(), seq = cursor.sent, "written");
-        if round.more && !round.failed {
-            // More may wait: come back after giving commands and shutdown a turn.
-            reg.wake.notify_one();
-        }
-        self.record(reg, cursor).await
-    }
-
-    /// Takes the delivery right from the previous session of this client. `Ok(false)`: not yet
-    /// (the previous holder is still finishing); a retry is scheduled.
-    async fn take_over(&mut self, reg: &Registration, cursor: &mut Cursor) -> Result<bool, End> {
-        let node = &self.node;
-        let node_id = &node.config.node_id;
-        let mut force = Instant::now() >= cursor.handoff_deadline;
-        loop {
-            match node
-                .store
-                .acquire(reg.client_id, reg.epoch, node_id, force)
-                .await
-            {
-                Ok(Acquire::Acquired { delivered_seq }) => {
-                    cursor.acquired(delivered_seq);
-                    return Ok(true);
-                }
-                Ok(Acquire::Stale) => return Err(End::TakenOver),
-                Ok(Acquire::Busy { holder_node }) if !force => {
-                    // A holder on a node that stopped its heartbeat will never release: take over,
-                    // once the heartbeat has been missing for a whole node TTL (a live node
-                    // rewrites it every fifth of that, also right after Redis comes back), so
-                    // that a Redis restart alone does not make a live holder look dead.
-                    let missing = match holder_node {
-                        Some(holder) => matches!(node.bus.node_alive(&holder).await, Ok(false)),
-                        None => true,
-                    };
-                    if cursor.holder_dead(missing, node.config.node_ttl) {
-                        force = true;
-                        continue;
-                    }
-                    cursor.wait_for_handoff();
-                    return Ok(false);
-                }
-                Ok(Acquire::Busy { .. }) => {
-                    cursor.wait_for_handoff();
-                    return Ok(false);
-                }
-                Err(e) => {
-                    warn!(error = %e, "could not take the delivery right; will retry");
-                    cursor.failed();
-                    return Ok(false);
-                }
-            }
-        }
-    }
-
-    /// Writes the cursor to MySQL if it moved.
-    async fn record(&mut self, reg: &Registration, cursor: &mut Cursor) -> Result<(), End> {
-        cursor.record_at = None;
-        // Acknowledged too late: expired, marked so before the cursor passes them; in time but
-        // ahead of the cursor: their deadline taken off.
-        if let Err(e) = self.mark_acks(reg, cursor).await {
-            warn!(error = %e, "could not record acknowledgements against deadlines; will retry");
-            cursor.record_failed();
-            return Ok(());
-        }
-        let Some(done) = cursor.unrecorded() else {
-            return Ok(());
-        };
-        match self
-            .node
-            .cursors
-            .call((reg.client_id, reg.epoch, done, cursor.acknowledged()))
-            .await
-        {
-            Ok(true) => cursor.recorded(done),
-            Ok(false) => return Err(End::TakenOver),
-            Err(e) => {
-                warn!(error = %e, "could not record delivery; will retry");
-                cursor.record_failed();
-            }
-        }
-        Ok(())
-    }
-
     /// Cleanup, in one place: goodbye line, final cursor, registry, Redis lease.
     async fn finish(&mut self, reg: &Registration, owner: &Owner, cursor: &mut Cursor, end: &End) {
         let reason = match end {
@@ -409,31 +237,6 @@ impl<S: AsyncRead + AsyncWrite> Session<S> {
             End::Io(e) => info!(error = %e, "session ended by a socket error"),
             End::WriteTimeout => info!("session ended: client stopped reading"),
             other => info!(reason = ?other, "session ended"),
-        }
-    }
-
-    /// Acknowledged mode: marks the messages acknowledged after their deadline expired, and takes
-    /// the deadline off those acknowledged in time ahead of the cursor.
-    async fn mark_acks(
-        &self,
-        reg: &Registration,
-        cursor: &mut Cursor,
-    ) -> Result<(), crate::store::StoreError> {
-        let store = &self.node.store;
-        store.mark_expired(reg.client_id, cursor.late()).await?;
-        store.clear_deadlines(reg.client_id, cursor.kept()).await?;
-        cursor.acks_marked();
-        Ok(())
-    }
-
-    /// Before a session the node ends, takes in the acknowledgements the client already sent, so
-    /// they are recorded instead of lost (and the messages not delivered again).
-    async fn read_last_acks(&mut self, cursor: &mut Cursor) {
-        let deadline = Instant::now() + LAST_ACKS;
-        while let Ok(Some(Ok(line))) = tokio::time::timeout_at(deadline, self.reader.next()).await {
-            if let Ok(Command::Ack(id)) = protocol::parse_command(&line) {
-                let _ = cursor.ack(id);
-            }
         }
     }
 

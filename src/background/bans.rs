@@ -10,7 +10,7 @@ use futures::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::server::Node;
+use crate::node::Node;
 use crate::store::StoreError;
 
 /// Loads the `bans` table into the node's admission control and closes the live sessions of
@@ -35,7 +35,7 @@ pub async fn load(node: &Node) -> Result<Vec<String>, StoreError> {
 type Broadcasts = Pin<Box<dyn Stream<Item = ()> + Send>>;
 
 /// First wait before subscribing again to the ban broadcasts after a failure; doubles up to
-/// `RESUBSCRIBE_MAX` (as the node's own channel does, `crate::server`).
+/// `RESUBSCRIBE_MAX` (as the node's own channel does, `super::notifications`).
 const RESUBSCRIBE_MIN: Duration = Duration::from_millis(100);
 const RESUBSCRIBE_MAX: Duration = Duration::from_secs(2);
 

@@ -1,0 +1,82 @@
+//! The start of a session: the answer to `GET_CLIENT_ID`, the claim in MySQL, the lease in Redis.
+
+use futures::StreamExt;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use super::Session;
+use crate::bus::{Note, Owner};
+use crate::codec::LineError;
+use crate::protocol::{self, Identity, SessionError};
+use crate::store::Claim;
+use crate::ClientId;
+
+impl<S: AsyncRead + AsyncWrite> Session<S> {
+    /// Reads the answer to `GET_CLIENT_ID` and claims the client. `Ok(None)`: the peer left.
+    pub(super) async fn handshake(
+        &mut self,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<(ClientId, Claim, bool)>, SessionError> {
+        let limit = self.node.config.handshake_timeout;
+        let line = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(None),
+            line = timeout(limit, self.reader.next()) => line,
+        };
+        let line = match line {
+            Err(_) => return Err(SessionError::HandshakeTimeout(limit.as_secs())),
+            Ok(None) | Ok(Some(Err(LineError::Io(_)))) => return Ok(None),
+            Ok(Some(Err(LineError::TooLong(n)))) => return Err(SessionError::LineTooLong(n)),
+            Ok(Some(Ok(line))) => line,
+        };
+        let hello = protocol::parse_hello(&line).inspect_err(|_| self.failed())?;
+        if let Identity::Resume(id) = hello.identity {
+            if self.node.admission.is_banned(id) {
+                return Err(SessionError::Banned);
+            }
+        }
+        let store = &self.node.store;
+        let node_id = &self.node.config.node_id;
+        // Boxed: a connection waiting for its answer then holds only the small waiting state.
+        let claimed = match hello.identity {
+            Identity::New => Box::pin(store.create_client(node_id)).await.map(Some),
+            Identity::Resume(id) => Box::pin(self.node.claims.call(id))
+                .await
+                .map(|c| c.map(|claim| (id, claim))),
+        };
+        match claimed {
+            Ok(Some((id, claim))) => Ok(Some((id, claim, hello.ack))),
+            Ok(None) => {
+                self.failed();
+                Err(SessionError::UnknownClient)
+            }
+            Err(e) => {
+                warn!(error = %e, "MySQL unavailable during handshake");
+                Err(SessionError::Unavailable)
+            }
+        }
+    }
+
+    /// Counts a failed handshake against the peer's address.
+    pub(super) fn failed(&self) {
+        if let Some(ip) = self.peer {
+            self.node.admission.failed(ip);
+        }
+    }
+
+    /// Records this node as the client's holder in Redis and kicks the previous holder elsewhere.
+    /// Failures only delay notifications (the sweep still finds pending messages).
+    pub(super) async fn announce(&self, id: ClientId, owner: &Owner) {
+        let bus = &self.node.bus;
+        match bus.claim(id, owner, self.node.config.lease).await {
+            Ok(Some(previous)) if previous.node != owner.node && previous.epoch < owner.epoch => {
+                if let Err(e) = bus.send(&previous.node, Note::Kick(id, owner.epoch)).await {
+                    warn!(error = %e, node = %previous.node, "could not tell the previous node");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "could not record ownership in Redis"),
+        }
+    }
+}
