@@ -277,12 +277,6 @@ impl Bus {
         .await
     }
 
-    /// Whether node `node` has sent a heartbeat within its TTL.
-    pub async fn node_alive(&self, node: &str) -> Result<bool, BusError> {
-        let mut conn = self.conn.clone();
-        timed(RESPONSE_TIMEOUT, conn.exists(alive_key(node))).await
-    }
-
     /// The nodes whose heartbeat key exists, sorted (`SCAN`, never `KEYS`; at most 10,000).
     pub async fn alive_nodes(&self) -> Result<Vec<String>, BusError> {
         let mut conn = self.conn.clone();

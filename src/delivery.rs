@@ -14,6 +14,8 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// How often a new session looks whether the previous one has released the client (doubling).
 const HANDOFF_POLL: Duration = Duration::from_millis(50);
 const MAX_HANDOFF_POLL: Duration = Duration::from_millis(400);
+/// A session that has waited this long for the previous one to hand over says so to its client.
+const HANDOFF_NOTICE_AFTER: Duration = Duration::from_secs(1);
 /// Acknowledgements are recorded in MySQL together, at most this long after the first one.
 const ACK_RECORD_DELAY: Duration = Duration::from_millis(50);
 
@@ -49,8 +51,10 @@ pub struct Cursor {
     pub record_at: Option<Instant>,
     backoff: Duration,
     handoff_poll: Duration,
-    /// Since when the previous holder's node has had no heartbeat, without interruption.
-    holder_missing_since: Option<Instant>,
+    /// Since when this session has been waiting for the previous one to hand over, and whether
+    /// the client was told.
+    waiting_since: Option<Instant>,
+    told_waiting: bool,
     /// Acknowledged mode: seqs acknowledged after their deadline, to be marked expired in MySQL
     /// before the cursor that covers them is recorded.
     late: Vec<u64>,
@@ -75,7 +79,8 @@ impl Cursor {
             record_at: None,
             backoff: FIRST_BACKOFF,
             handoff_poll: HANDOFF_POLL,
-            holder_missing_since: None,
+            waiting_since: None,
+            told_waiting: false,
             late: Vec::new(),
             kept: Vec::new(),
         }
@@ -211,21 +216,17 @@ impl Cursor {
         self.record_at = Some(Instant::now() + self.next_backoff());
     }
 
-    /// Whether the previous holder's node is dead: its heartbeat `missing` now, and on every
-    /// look for at least `ttl`.
-    pub fn holder_dead(&mut self, missing: bool, ttl: Duration) -> bool {
-        if !missing {
-            self.holder_missing_since = None;
-            return false;
-        }
-        let since = *self.holder_missing_since.get_or_insert_with(Instant::now);
-        since.elapsed() >= ttl
-    }
-
-    /// The previous session still holds the client: look again shortly.
-    pub fn wait_for_handoff(&mut self) {
+    /// The previous session still holds the client: look again shortly. `true` once, when the
+    /// wait has gone on long enough that the client should be told why nothing comes.
+    pub fn wait_for_handoff(&mut self) -> bool {
         self.retry_at = Some(Instant::now() + self.handoff_poll);
         self.handoff_poll = (self.handoff_poll * 2).min(MAX_HANDOFF_POLL);
+        let since = *self.waiting_since.get_or_insert_with(Instant::now);
+        if self.told_waiting || since.elapsed() < HANDOFF_NOTICE_AFTER {
+            return false;
+        }
+        self.told_waiting = true;
+        true
     }
 
     fn next_backoff(&mut self) -> Duration {
@@ -341,18 +342,16 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_holder_is_dead_only_after_a_whole_ttl_without_heartbeat() {
-        let ttl = Duration::from_secs(5);
+    async fn a_long_wait_for_the_handoff_is_told_once() {
         let mut c = Cursor::new(&claim(0), None, Instant::now());
-        assert!(!c.holder_dead(true, ttl));
-        tokio::time::advance(Duration::from_secs(3)).await;
-        assert!(!c.holder_dead(true, ttl));
-        // The heartbeat is back (Redis restarted, the node rewrote it): start over.
-        assert!(!c.holder_dead(false, ttl));
-        tokio::time::advance(Duration::from_secs(3)).await;
-        assert!(!c.holder_dead(true, ttl));
+        assert!(!c.wait_for_handoff());
+        tokio::time::advance(Duration::from_millis(500)).await;
+        assert!(!c.wait_for_handoff());
+        tokio::time::advance(Duration::from_millis(600)).await;
+        assert!(c.wait_for_handoff());
         tokio::time::advance(Duration::from_secs(5)).await;
-        assert!(c.holder_dead(true, ttl));
+        assert!(!c.wait_for_handoff());
+        assert!(c.retry_at.is_some());
     }
 
     #[test]

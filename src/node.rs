@@ -12,7 +12,7 @@ use crate::bus::Bus;
 use crate::config::NodeConfig;
 use crate::registry::Registry;
 use crate::stats;
-use crate::store::Store;
+use crate::store::{NodeLock, Store};
 use crate::tls::Tls;
 
 /// Requests from one part of the node to a background loop: "do your work now, do not wait for
@@ -44,6 +44,8 @@ pub struct Node {
     pub nudges: Nudges,
     /// The certificate of the TLS listeners, if any.
     pub tls: Option<Tls>,
+    /// This node's lock in MySQL, taken at start; the `node_lock` background loop keeps it.
+    pub node_lock: std::sync::Mutex<Option<NodeLock>>,
     /// Set when a graceful shutdown begins: `/readyz` answers 503 from then on.
     draining: AtomicBool,
     /// One permit per connection up to `--max-connections` (shared by every listener).
@@ -65,6 +67,7 @@ impl Node {
             admission,
             nudges: Nudges::default(),
             tls: None,
+            node_lock: std::sync::Mutex::new(None),
             draining: AtomicBool::new(false),
             connections: Arc::new(Semaphore::new(config.max_connections)),
             config,

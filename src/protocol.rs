@@ -182,6 +182,9 @@ pub enum Reply<'a> {
     /// `DROPPED <n>`: n messages expired or were replaced before they could be delivered.
     Dropped(u64),
     Pong,
+    /// `NOTICE: waiting ...`: the previous session of this client (on the node named) has not
+    /// handed over yet; messages follow once it has, at the latest after the seconds given.
+    Waiting(&'a str, u64),
     Bye(ByeReason),
     /// `ERROR: <what>`; the text comes from an error's `Display`.
     Error(&'a (dyn fmt::Display + Sync)),
@@ -211,6 +214,13 @@ impl Reply<'_> {
                 buf.put_slice(n.to_string().as_bytes());
             }
             Reply::Pong => buf.put_slice(b"PONG"),
+            Reply::Waiting(node, secs) => {
+                buf.put_slice(b"NOTICE: waiting for the previous session of this client (on ");
+                buf.put_slice(node.as_bytes());
+                buf.put_slice(b") to hand over; messages follow within ");
+                buf.put_slice(secs.to_string().as_bytes());
+                buf.put_slice(b" s");
+            }
             Reply::Bye(reason) => {
                 buf.put_slice(b"BYE: ");
                 buf.put_slice(match reason {
@@ -354,6 +364,11 @@ mod tests {
             "MESSAGE: a  ERROR: forged z\r\n"
         );
         assert_eq!(line(Reply::Pong), "PONG\r\n");
+        assert_eq!(
+            line(Reply::Waiting("node-a", 14)),
+            "NOTICE: waiting for the previous session of this client (on node-a) to hand over; \
+             messages follow within 14 s\r\n"
+        );
         assert_eq!(
             line(Reply::Error(&SessionError::UnknownClient)),
             "ERROR: unknown client id\r\n"

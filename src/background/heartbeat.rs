@@ -1,4 +1,4 @@
-//! The node's heartbeat key in Redis, rewritten every fifth of `--node-ttl` while the node lives.
+//! The node's heartbeat key in Redis, rewritten every fifth of `--node-ttl` while the node lives (for operators: `chat-admin nodes`).
 
 use std::sync::Arc;
 
@@ -7,8 +7,8 @@ use tracing::warn;
 
 use crate::node::Node;
 
-/// Keeps `chat:alive:<node>` in Redis while this node runs, so that a new session of a client
-/// whose previous session was here can tell a live node (wait for its handoff) from a dead one.
+/// Keeps `chat:alive:<node>` in Redis while this node runs, so that `chat-admin nodes` can list the
+/// live nodes. (Sessions tell a live node from a dead one by its lock in MySQL: `node_lock`.)
 pub async fn run(node: Arc<Node>, stop: CancellationToken) {
     let ttl = node.config.node_ttl;
     loop {

@@ -3,7 +3,9 @@
 //! - [`notifications`]: this node's Redis channel (wakes and kicks for its sessions).
 //! - [`sweep`]: the path that needs no Redis: MySQL asked for pending messages and stale sessions.
 //! - [`leases`]: the Redis ownership leases of this node's sessions, renewed.
-//! - [`heartbeat`]: `chat:alive:<node>` in Redis, so that other nodes can tell this one is alive.
+//! - [`node_lock`]: the MySQL lock that proves this node lives (a new session takes over the
+//!   clients of a node whose lock is free).
+//! - [`heartbeat`]: `chat:alive:<node>` in Redis, for operators (`chat-admin nodes`).
 //! - [`bans`]: the cluster-wide bans kept current.
 //! - [`retention`]: the purge of old delivered messages.
 
@@ -17,6 +19,7 @@ use crate::node::Node;
 pub mod bans;
 pub mod heartbeat;
 pub mod leases;
+pub mod node_lock;
 pub mod notifications;
 pub mod retention;
 pub mod sweep;
@@ -29,6 +32,7 @@ pub fn spawn(node: &Arc<Node>, stop: &CancellationToken) -> TaskTracker {
     tasks.spawn(sweep::run(node.clone(), stop.clone()));
     tasks.spawn(leases::run(node.clone(), stop.clone()));
     tasks.spawn(heartbeat::run(node.clone(), stop.clone()));
+    tasks.spawn(node_lock::run(node.clone(), stop.clone()));
     tasks.spawn(bans::watch(node.clone(), stop.clone()));
     tasks.spawn(retention::run(node.clone(), stop.clone()));
     tasks.close();

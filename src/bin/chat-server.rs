@@ -21,7 +21,7 @@ use chat::logging::{self, LogFormat};
 use chat::node::Node;
 use chat::server;
 use chat::stats;
-use chat::store::Store;
+use chat::store::{NodeLock, Store};
 use chat::tls::Tls;
 
 /// A store-and-forward delivery node. Clients connect with telnet; messages come from chat-enqueue.
@@ -94,8 +94,9 @@ struct Args {
     /// Seconds a new session waits for a live node to hand over the previous session of its client.
     #[arg(long, env = "CHAT_HANDOFF_TIMEOUT", value_parser = seconds, default_value = "15")]
     handoff_timeout: Duration,
-    /// Seconds this node's heartbeat lives in Redis (renewed every fifth); a node silent that long is
-    /// dead. At least 1 s.
+    /// Seconds a silent node still counts as alive: its lock in MySQL (and its Redis heartbeat)
+    /// outlive its last sign of life by this much (it renews them every fifth). A node whose
+    /// process is gone counts as dead at once. At least 1 s.
     #[arg(long, env = "CHAT_NODE_TTL", value_parser = at_least_a_second, default_value = "5")]
     node_ttl: Duration,
     /// File of bans, one per line: an IP address, a network (10.0.0.0/8, 2001:db8::/32) or a client
@@ -304,6 +305,21 @@ async fn serve(args: Args) -> Result<()> {
         .ping()
         .await
         .with_context(|| format!("cannot reach MySQL at {db}"))?;
+    // The proof that this node lives, for the other nodes: while this process holds it, its
+    // clients' new sessions wait for a handoff; once it is gone, they take over at once.
+    let node_lock = NodeLock::take(&args.urls.database_url, &node_id, args.node_ttl)
+        .await
+        .with_context(|| format!("cannot take the node lock in MySQL at {db}"))?;
+    let released = store
+        .release_stale_holds(&node_id)
+        .await
+        .with_context(|| format!("cannot reach MySQL at {db}"))?;
+    if released > 0 {
+        info!(
+            released,
+            "gave up the delivery rights of this node's previous process"
+        );
+    }
     let redis = redact_url(&args.urls.redis_url);
     let bus = Bus::connect(&args.urls.redis_url)
         .await
@@ -345,6 +361,7 @@ async fn serve(args: Args) -> Result<()> {
     config.bans_poll = args.bans_poll;
     let mut node = Node::new(config, store, bus, admission);
     node.tls = tls;
+    node.node_lock = std::sync::Mutex::new(Some(node_lock));
     let node = Arc::new(node);
     chat::background::bans::load(&node)
         .await

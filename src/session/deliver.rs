@@ -8,7 +8,7 @@ use tracing::{debug, warn};
 use super::round::{self, Stale};
 use super::{End, Session, LAST_ACKS};
 use crate::delivery::Cursor;
-use crate::protocol::{self, Command};
+use crate::protocol::{self, Command, Reply};
 use crate::registry::Registration;
 use crate::stats;
 use crate::store::Acquire;
@@ -57,47 +57,36 @@ impl<S: AsyncRead + AsyncWrite> Session<S> {
     }
 
     /// Takes the delivery right from the previous session of this client. `Ok(false)`: not yet
-    /// (the previous holder is still finishing); a retry is scheduled.
+    /// (the previous holder lives and is still finishing); a retry is scheduled. A holder whose
+    /// node is dead (its node lock in MySQL is free) is taken over at once, in the same statement.
     async fn take_over(&mut self, reg: &Registration, cursor: &mut Cursor) -> Result<bool, End> {
         let node = &self.node;
-        let node_id = &node.config.node_id;
-        let mut force = Instant::now() >= cursor.handoff_deadline;
-        loop {
-            match node
-                .store
-                .acquire(reg.client_id, reg.epoch, node_id, force)
-                .await
-            {
-                Ok(Acquire::Acquired { delivered_seq }) => {
-                    cursor.acquired(delivered_seq);
-                    return Ok(true);
+        let force = Instant::now() >= cursor.handoff_deadline;
+        match node
+            .store
+            .acquire(reg.client_id, reg.epoch, &node.config.node_id, force)
+            .await
+        {
+            Ok(Acquire::Acquired { delivered_seq }) => {
+                cursor.acquired(delivered_seq);
+                Ok(true)
+            }
+            Ok(Acquire::Stale) => Err(End::TakenOver),
+            Ok(Acquire::Busy { holder_node }) => {
+                if cursor.wait_for_handoff() {
+                    let wait = cursor
+                        .handoff_deadline
+                        .saturating_duration_since(Instant::now());
+                    let holder = holder_node.unwrap_or_default();
+                    self.out_reply(Reply::Waiting(&holder, wait.as_secs().max(1)));
+                    self.flush().await?;
                 }
-                Ok(Acquire::Stale) => return Err(End::TakenOver),
-                Ok(Acquire::Busy { holder_node }) if !force => {
-                    // A holder on a node that stopped its heartbeat will never release: take over,
-                    // once the heartbeat has been missing for a whole node TTL (a live node
-                    // rewrites it every fifth of that, also right after Redis comes back), so
-                    // that a Redis restart alone does not make a live holder look dead.
-                    let missing = match holder_node {
-                        Some(holder) => matches!(node.bus.node_alive(&holder).await, Ok(false)),
-                        None => true,
-                    };
-                    if cursor.holder_dead(missing, node.config.node_ttl) {
-                        force = true;
-                        continue;
-                    }
-                    cursor.wait_for_handoff();
-                    return Ok(false);
-                }
-                Ok(Acquire::Busy { .. }) => {
-                    cursor.wait_for_handoff();
-                    return Ok(false);
-                }
-                Err(e) => {
-                    warn!(error = %e, "could not take the delivery right; will retry");
-                    cursor.failed();
-                    return Ok(false);
-                }
+                Ok(false)
+            }
+            Err(e) => {
+                warn!(error = %e, "could not take the delivery right; will retry");
+                cursor.failed();
+                Ok(false)
             }
         }
     }

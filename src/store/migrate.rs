@@ -22,6 +22,11 @@ const MIGRATIONS: &[(u32, &str, &str)] = &[
         include_str!("../../sql/0004_producer.sql"),
     ),
     (5, "0005_bans", include_str!("../../sql/0005_bans.sql")),
+    (
+        6,
+        "0006_holders",
+        include_str!("../../sql/0006_holders.sql"),
+    ),
 ];
 
 /// Creates the database if needed, then applies pending migrations under a named lock,

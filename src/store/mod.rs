@@ -9,6 +9,7 @@ use mysql_async::{Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts};
 use crate::ClientId;
 
 mod admin;
+mod liveness;
 mod migrate;
 mod queue;
 mod retention;
@@ -18,6 +19,7 @@ mod status;
 pub use status::{MessageState, MessageStatus};
 
 pub use admin::{Backlog, BanRow, ClientInfo, MAX_BANS};
+pub use liveness::{Kept, NodeLock};
 pub use retention::Purge;
 
 /// Bound on one statement's round trip, so a hung server cannot hang a session forever.
@@ -52,6 +54,8 @@ pub enum StoreError {
     Shared(String),
     #[error("the batching task has stopped")]
     BatcherGone,
+    #[error("node id {0:?} is in use: another node with this --node-id is running (it holds the node lock in MySQL)")]
+    NodeIdInUse(String),
 }
 
 impl StoreError {

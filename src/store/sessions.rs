@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use mysql_async::prelude::*;
 use mysql_async::TxOpts;
 
+use super::liveness::node_lock;
 use super::{
     case_arms, hex, hex_list, Acquire, Claim, Fetch, Pending, Store, StoreError, SweepRow,
 };
@@ -272,7 +273,9 @@ impl Store {
     }
 
     /// Takes the right to deliver to `id` for session `epoch` of `node`: granted when nobody holds
-    /// it, or with `force` (the holder is gone). Returns the cursor the holder left.
+    /// it, when the holder's node is dead (its node lock is free: the process is gone, or it has
+    /// been silent for the node TTL), or with `force` (the handoff timed out). Returns the cursor
+    /// the holder left.
     pub async fn acquire(
         &self,
         id: ClientId,
@@ -283,10 +286,14 @@ impl Store {
         self.timed(async {
             let mut conn = self.pool.get_conn().await?;
             conn.exec_drop(
-                "UPDATE cursors d JOIN clients c ON c.id = d.client_id \
-                 SET d.holder_epoch = ?, d.holder_node = ? \
-                 WHERE d.client_id = ? AND c.session_epoch = ? \
-                 AND (d.holder_epoch IS NULL OR d.holder_epoch = ? OR ?)",
+                format!(
+                    "UPDATE cursors d JOIN clients c ON c.id = d.client_id \
+                     SET d.holder_epoch = ?, d.holder_node = ? \
+                     WHERE d.client_id = ? AND c.session_epoch = ? \
+                     AND (d.holder_epoch IS NULL OR d.holder_epoch = ? OR ? \
+                     OR d.holder_node IS NULL OR IS_FREE_LOCK({}) = 1)",
+                    node_lock("d.holder_node")
+                ),
                 (epoch, node, &id.as_bytes()[..], epoch, epoch, force),
             )
             .await?;

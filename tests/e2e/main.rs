@@ -17,6 +17,7 @@ mod lifecycle;
 mod metrics;
 mod producer;
 mod proxy;
+mod recovery;
 mod retention;
 mod services_smoke;
 mod session;

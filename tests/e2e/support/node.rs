@@ -65,6 +65,14 @@ impl Env {
         self.own_db.as_ref().unwrap_or_else(|| shared_mariadb())
     }
 
+    /// `redis-cli <args>` against this test's Redis; its trimmed output.
+    pub fn redis_cli(&self, args: &[&str]) -> String {
+        self.own_redis
+            .as_ref()
+            .unwrap_or_else(|| shared_redis())
+            .cli(args)
+    }
+
     /// This test's own MariaDB (only for `Env::private`).
     pub fn mariadb_mut(&mut self) -> &mut MariaDb {
         self.own_db.as_mut().expect("Env::private owns its MariaDB")
@@ -376,6 +384,16 @@ impl Node {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Freezes the process (SIGSTOP): its sockets stay open, it does nothing.
+    pub fn freeze(&self) {
+        signal(self.child.id(), "STOP");
+    }
+
+    /// Lets a frozen process go on (SIGCONT).
+    pub fn thaw(&self) {
+        signal(self.child.id(), "CONT");
     }
 }
 
