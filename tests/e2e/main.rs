@@ -8,6 +8,7 @@ mod admin;
 mod batch;
 mod cluster;
 mod config;
+mod enqueue_args;
 mod enqueue_cli;
 mod faults;
 mod handshake;

@@ -1,16 +1,12 @@
 //! `chat-enqueue`: stores messages for clients in MySQL, tells the nodes holding them, and reports on them.
 #![forbid(unsafe_code)]
 
+mod cli;
 mod report;
 mod stdin;
 
-use std::ffi::OsString;
 use std::io::Write;
 use std::process::ExitCode;
-use std::time::Duration;
-
-use clap::builder::TypedValueParser;
-use clap::Parser;
 
 use chat::bus::Bus;
 use chat::config::{redact_url, ServiceUrls};
@@ -18,88 +14,8 @@ use chat::enqueue::{self, EnqueueError, Enqueuer, MessageOptions};
 use chat::store::{Store, StoreError};
 use chat::ClientId;
 
+use cli::{Args, Command, StatusArgs};
 use report::{EXIT_INVALID, EXIT_OK, EXIT_STORE, EXIT_UNKNOWN};
-
-const EXIT_HELP: &str = "Exit status: 0 stored (also when Redis is down: a warning is printed and \
-the message is delivered later); 1 MySQL unreachable or failed, nothing stored unless the failure \
-hit the commit itself; 2 invalid arguments or text, nothing stored (--stdin: some lines refused, \
-the others stored); 3 unknown client id, nothing stored for it. With --wait: 0 delivered (plain \
-session), 4 acknowledged (acknowledged session), 5 still queued when the time ran out, 6 expired, \
-7 replaced, 8 purged by an operator; with several messages the least advanced one decides.";
-
-/// Stores a message durably for one or more clients and notifies the nodes that hold them.
-///
-/// The words of TEXT are joined with single spaces, as echo does. Prints the new message's id
-/// (with several clients, one `<client_id> <message_id>` line each). `chat-enqueue status <id>...`
-/// reports on stored messages.
-#[derive(Debug, Parser)]
-#[command(name = "chat-enqueue", version, after_help = EXIT_HELP)]
-struct Args {
-    #[command(flatten)]
-    urls: ServiceUrls,
-    /// Longest message accepted, in bytes (at most 65535).
-    #[arg(long, env = "CHAT_MAX_MESSAGE_BYTES", default_value_t = enqueue::DEFAULT_MAX_BYTES,
-          value_parser = clap::value_parser!(u16).range(1..).map(usize::from))]
-    max_bytes: usize,
-    /// Wait until the message is delivered (plain session) or acknowledged (acknowledged
-    /// session), at most SECS (default 30; also 500ms, 2m...); the exit status tells which.
-    #[arg(long, value_name = "SECS", num_args = 0..=1, require_equals = true,
-          default_missing_value = "30", value_parser = parse_duration)]
-    wait: Option<Duration>,
-    /// Not delivered within SECS (also 500ms, 2h...): never delivered, reported expired.
-    #[arg(long, value_name = "SECS", value_parser = parse_duration)]
-    ttl: Option<Duration>,
-    /// A retry with the same key for the same client within the dedupe window stores nothing
-    /// and prints the first message's id.
-    #[arg(long, value_name = "KEY")]
-    dedupe_key: Option<String>,
-    /// How long a dedupe key is remembered.
-    #[arg(long, value_name = "SECS", env = "CHAT_DEDUPE_WINDOW", default_value = "24h",
-          value_parser = parse_duration)]
-    dedupe_window: Duration,
-    /// Replaces the client's still-pending messages with this key (delivered ones are kept).
-    #[arg(long, value_name = "KEY")]
-    collapse_key: Option<String>,
-    /// Read `<client_id><TAB><text>` lines from stdin, one message each, stored in batches.
-    #[arg(long, conflicts_with_all = ["words", "wait", "dedupe_key", "collapse_key"])]
-    stdin: bool,
-    /// Lines per transaction with --stdin.
-    #[arg(long, default_value_t = 5000,
-          value_parser = clap::value_parser!(u16).range(1..=10_000).map(usize::from))]
-    batch: usize,
-    /// The client's id, as the node gave it in SET_CLIENT_ID (several as id1,id2,id3), then the
-    /// message text: one line of UTF-8, no CR, LF or NUL. Everything after the id is text, even
-    /// words that look like flags.
-    #[arg(value_name = "CLIENT_ID TEXT", required_unless_present = "stdin",
-          trailing_var_arg = true, allow_hyphen_values = true, num_args = 1..)]
-    words: Vec<String>,
-}
-
-/// `chat-enqueue status`: the state and timestamps of stored messages.
-#[derive(Debug, Parser)]
-#[command(
-    name = "chat-enqueue status",
-    after_help = "Exit status: 0 all found; 1 MySQL failed; 2 bad arguments; 3 some id unknown \
-                  (never stored, or removed by retention)."
-)]
-struct StatusArgs {
-    #[command(flatten)]
-    urls: ServiceUrls,
-    /// One JSON array instead of one line per message.
-    #[arg(long)]
-    json: bool,
-    /// Message ids, as chat-enqueue printed them.
-    #[arg(required = true)]
-    ids: Vec<u64>,
-}
-
-/// Seconds as a plain number, or a duration such as `500ms`, `2m`, `24h`.
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    if let Ok(secs) = text.parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
-    }
-    humantime::parse_duration(text).map_err(|e| format!("{e} (expected seconds, or 500ms, 2m...)"))
-}
 
 const STORE_FAILED: &str = "cannot store the message";
 
@@ -110,13 +26,11 @@ fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    let argv: Vec<OsString> = std::env::args_os().collect();
-    if argv.get(1).is_some_and(|a| a == "status") {
-        let rest =
-            std::iter::once(OsString::from("chat-enqueue status")).chain(argv[2..].iter().cloned());
-        return status(StatusArgs::parse_from(rest)).await;
+    let mut args = cli::parse();
+    match args.command.take() {
+        Some(Command::Status(status_args)) => status(&args.urls, status_args).await,
+        None => enqueue(args).await,
     }
-    enqueue(Args::parse_from(argv)).await
 }
 
 async fn connect(urls: &ServiceUrls) -> Result<(Store, Option<Bus>, Option<String>), ExitCode> {
@@ -138,8 +52,8 @@ fn store_failure(what: &str, urls: &ServiceUrls, e: StoreError) -> ExitCode {
     }
 }
 
-async fn status(args: StatusArgs) -> ExitCode {
-    let store = match Store::new(&args.urls.database_url, 1) {
+async fn status(urls: &ServiceUrls, args: StatusArgs) -> ExitCode {
+    let store = match Store::new(&urls.database_url, 1) {
         Ok(store) => store,
         Err(e) => return fail(EXIT_INVALID, e),
     };
@@ -147,7 +61,7 @@ async fn status(args: StatusArgs) -> ExitCode {
     store.close().await;
     let found = match found {
         Ok(found) => found,
-        Err(e) => return store_failure("cannot read the messages", &args.urls, e),
+        Err(e) => return store_failure("cannot read the messages", urls, e),
     };
     if args.json {
         println!("{}", report::json(&args.ids, &found));
