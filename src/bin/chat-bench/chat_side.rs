@@ -6,11 +6,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use hdrhistogram::Histogram;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::process::Command;
 use tokio::sync::Semaphore;
 
 use chat::bus::Bus;
@@ -19,6 +18,8 @@ use chat::enqueue::{Enqueuer, DEFAULT_MAX_BYTES};
 use chat::store::Store;
 use chat::ClientId;
 
+use super::client::{register, Client};
+use super::node::{sibling, Node};
 use super::params::{Params, Workload};
 use super::procstat::{find_pid, rss_kib, CpuMeter};
 use super::report::Row;
@@ -29,6 +30,10 @@ const WAIT: Duration = Duration::from_secs(120);
 
 /// Runs workload `w` against a fresh node.
 pub async fn run(w: Workload, params: &Params, urls: &ServiceUrls) -> Result<Vec<Row>> {
+    if w == Workload::Recovery {
+        // Starts (and kills) nodes of its own.
+        return super::recovery::run(params, urls).await;
+    }
     let node = Node::start(urls).await?;
     let rows = match w {
         Workload::Throughput => {
@@ -41,181 +46,13 @@ pub async fn run(w: Workload, params: &Params, urls: &ServiceUrls) -> Result<Vec
         Workload::Connections => connections(&node, params).await?,
         Workload::EnqueueCli => enqueue_cli(&node, params, urls).await?,
         Workload::EnqueueStdin => super::enqueue_stdin::run(node.addr, params, urls).await?,
+        Workload::Recovery => unreachable!("handled above"),
     };
     node.stop().await;
     Ok(rows)
 }
 
-/// A `chat-server` process started for the benchmark.
-struct Node {
-    child: Child,
-    addr: SocketAddr,
-    pid: u32,
-}
-
-impl Node {
-    async fn start(urls: &ServiceUrls) -> Result<Node> {
-        let exe = sibling("chat-server")?;
-        let node_id = format!("bench-{}", std::process::id());
-        let mut child = Command::new(exe)
-            .args([
-                "--port",
-                "0",
-                "--bind",
-                "127.0.0.1",
-                "--log-format",
-                "json",
-                "--log-level",
-                "warn,chat::server=info",
-            ])
-            .args([
-                "--database-url",
-                &urls.database_url,
-                "--redis-url",
-                &urls.redis_url,
-            ])
-            .args(["--node-id", &node_id, "--max-connections", "20000"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .context("start chat-server")?;
-        let pid = child.id().ok_or_else(|| anyhow!("chat-server exited"))?;
-        let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-        let port = tokio::time::timeout(Duration::from_secs(60), async {
-            while let Some(line) = lines.next_line().await? {
-                if let Some(rest) = line.split("\"addr\":\"").nth(1) {
-                    let addr = rest.split('"').next().unwrap_or_default();
-                    return Ok::<u16, anyhow::Error>(
-                        addr.rsplit(':').next().unwrap_or("").parse()?,
-                    );
-                }
-                eprintln!("chat-server: {line}");
-            }
-            bail!("chat-server exited before listening")
-        })
-        .await
-        .context("chat-server did not start within 60 s")??;
-        // Keep draining its log so it never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Ok(Node {
-            child,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            pid,
-        })
-    }
-
-    async fn stop(mut self) {
-        let _ = Command::new("kill")
-            .arg(self.pid.to_string())
-            .status()
-            .await;
-        let _ = tokio::time::timeout(Duration::from_secs(15), self.child.wait()).await;
-    }
-}
-
-/// A binary next to this one.
-pub fn sibling(name: &str) -> Result<std::path::PathBuf> {
-    let exe = std::env::current_exe()?;
-    let path = exe.with_file_name(name);
-    if !path.exists() {
-        bail!(
-            "{} not found (build all binaries: cargo build --release --bins)",
-            path.display()
-        );
-    }
-    Ok(path)
-}
-
-/// One benchmark client's connection: handshake done, lines to read.
-struct Client {
-    reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
-    writer: tokio::net::tcp::OwnedWriteHalf,
-    id: ClientId,
-}
-
-impl Client {
-    /// Connects and answers the handshake with `hello` (`NONE`, an id, optionally ` ACK`).
-    async fn connect(addr: SocketAddr, hello: &str) -> Result<Client> {
-        let stream = TcpStream::connect(addr).await?;
-        stream.set_nodelay(true)?;
-        let (read, mut writer) = stream.into_split();
-        let mut reader = BufReader::with_capacity(16 * 1024, read);
-        let mut line = String::new();
-        reader.read_line(&mut line).await?;
-        if line.trim_end() != "GET_CLIENT_ID" {
-            bail!("unexpected greeting {line:?}");
-        }
-        writer.write_all(format!("{hello}\r\n").as_bytes()).await?;
-        line.clear();
-        reader.read_line(&mut line).await?;
-        let id = line
-            .trim_end()
-            .strip_prefix("SET_CLIENT_ID: ")
-            .ok_or_else(|| anyhow!("handshake refused: {line:?}"))?
-            .parse()?;
-        Ok(Client { reader, writer, id })
-    }
-
-    /// Reads `n` messages; in acknowledged mode answers each with `ACK`. Calls `seen` with each text.
-    async fn take(&mut self, n: usize, ack: bool, mut seen: impl FnMut(&str)) -> Result<()> {
-        let mut line = String::new();
-        let mut acks = String::new();
-        for _ in 0..n {
-            line.clear();
-            if self.reader.read_line(&mut line).await? == 0 {
-                bail!("connection closed");
-            }
-            let rest = line
-                .strip_prefix("MESSAGE")
-                .ok_or_else(|| anyhow!("unexpected line {line:?}"))?;
-            let (msg_id, text) = rest
-                .split_once(": ")
-                .ok_or_else(|| anyhow!("bad line {line:?}"))?;
-            seen(text.trim_end());
-            if ack {
-                acks.push_str("ACK ");
-                acks.push_str(msg_id.trim());
-                acks.push_str("\r\n");
-                // Acknowledge in small groups, as a real client reading a burst would.
-                if self.reader.buffer().is_empty() {
-                    self.writer.write_all(acks.as_bytes()).await?;
-                    acks.clear();
-                }
-            }
-        }
-        if !acks.is_empty() {
-            self.writer.write_all(acks.as_bytes()).await?;
-        }
-        Ok(())
-    }
-}
-
-/// Creates `n` clients through the node, 200 handshakes at a time; returns their ids.
-pub async fn register(addr: SocketAddr, n: usize) -> Result<Vec<ClientId>> {
-    let gate = Arc::new(Semaphore::new(200));
-    let tasks: Vec<_> = (0..n)
-        .map(|_| {
-            let gate = gate.clone();
-            tokio::spawn(async move {
-                let _permit = gate.acquire().await?;
-                let mut c = Client::connect(addr, "NONE").await?;
-                c.writer.write_all(b"DISCONNECT\r\n").await?;
-                let mut rest = Vec::new();
-                let _ = c.reader.read_to_end(&mut rest).await;
-                Ok::<ClientId, anyhow::Error>(c.id)
-            })
-        })
-        .collect();
-    let mut ids = Vec::with_capacity(n);
-    for t in tasks {
-        ids.push(t.await??);
-    }
-    Ok(ids)
-}
-
-async fn enqueuer(urls: &ServiceUrls, pool: usize) -> Result<Arc<Enqueuer>> {
+pub async fn enqueuer(urls: &ServiceUrls, pool: usize) -> Result<Arc<Enqueuer>> {
     let store = Store::new(&urls.database_url, pool)?;
     let bus = Bus::connect(&urls.redis_url).await?;
     Ok(Arc::new(Enqueuer::new(store, Some(bus), DEFAULT_MAX_BYTES)))

@@ -10,7 +10,8 @@ use tokio::process::Command;
 
 use chat::config::ServiceUrls;
 
-use super::chat_side::{register, sibling};
+use super::client::register;
+use super::node::sibling;
 use super::params::Params;
 use super::report::Row;
 

@@ -2,10 +2,13 @@
 #![forbid(unsafe_code)]
 
 mod chat_side;
+mod client;
 mod enqueue_stdin;
 mod mosquitto;
+mod node;
 mod params;
 mod procstat;
+mod recovery;
 mod report;
 
 use std::path::PathBuf;
@@ -17,7 +20,7 @@ use clap::Parser;
 use chat::config::ServiceUrls;
 use params::{Params, Workload};
 
-/// Benchmark: throughput, latency, drain, idle connections, enqueue CLI; chat and Mosquitto side by side.
+/// Benchmark: throughput, latency, drain, idle connections, enqueue CLI, crash recovery; chat and Mosquitto side by side.
 #[derive(Debug, Parser)]
 #[command(name = "chat-bench", version)]
 struct Args {
@@ -72,6 +75,7 @@ async fn run(args: Args) -> Result<()> {
             Workload::Connections,
             Workload::EnqueueCli,
             Workload::EnqueueStdin,
+            Workload::Recovery,
         ]
     } else {
         args.only.clone()
@@ -80,7 +84,12 @@ async fn run(args: Args) -> Result<()> {
     for w in &workloads {
         eprintln!("chat-bench: chat {w:?}...");
         rows.extend(chat_side::run(*w, &args.params, &args.urls).await?);
-        if !args.no_mosquitto && !matches!(w, Workload::EnqueueCli | Workload::EnqueueStdin) {
+        let chat_only = [
+            Workload::EnqueueCli,
+            Workload::EnqueueStdin,
+            Workload::Recovery,
+        ];
+        if !args.no_mosquitto && !chat_only.contains(w) {
             eprintln!("chat-bench: mosquitto {w:?}...");
             rows.extend(mosquitto::run(*w, &args.params).await?);
         }

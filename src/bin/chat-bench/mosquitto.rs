@@ -52,7 +52,7 @@ pub async fn run(w: Workload, params: &Params) -> Result<Vec<Row>> {
         Workload::Latency => latency(params).await,
         Workload::Drain => drain(params).await,
         Workload::Connections => connections(params).await,
-        Workload::EnqueueCli | Workload::EnqueueStdin => Ok(Vec::new()),
+        Workload::EnqueueCli | Workload::EnqueueStdin | Workload::Recovery => Ok(Vec::new()),
     }
 }
 

@@ -15,6 +15,9 @@ pub enum Workload {
     EnqueueCli,
     /// `chat-enqueue --stdin` throughput: lines in, messages stored per second (chat only).
     EnqueueStdin,
+    /// A node killed under a client; time until the client, reconnected to another node, has its
+    /// first pending message (chat only).
+    Recovery,
 }
 
 /// Sizes of the workloads.
@@ -59,4 +62,7 @@ pub struct Params {
     /// Enqueue stdin: clients the lines are spread over (offline: this measures storing).
     #[arg(long, default_value_t = 1000)]
     pub stdin_clients: usize,
+    /// Recovery: crashes to measure.
+    #[arg(long, default_value_t = 10)]
+    pub recovery_rounds: usize,
 }
