@@ -12,8 +12,8 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
 
-use crate::store::{Claim, Fetch, Store, StoreError};
-use crate::ClientId;
+use crate::store::{Claim, Fetch, NewPost, PostRefused, PostedRow, RoomFetch, Store, StoreError};
+use crate::{ClientId, RoomId};
 
 /// Requests that may wait (a session waits for its own answer, so this bounds memory).
 const QUEUE: usize = 20_000;
@@ -186,5 +186,83 @@ impl BatchOp for Claims {
         let store = self.store.clone();
         let node = self.node.clone();
         async move { store.claim_clients(&items, &node).await }
+    }
+}
+
+/// Posts of this node's sessions: (room, sender, body) -> the stored message or why not.
+pub struct Posts(pub Store);
+
+impl BatchOp for Posts {
+    type Item = (RoomId, ClientId, Vec<u8>);
+    type Output = Result<PostedRow, PostRefused>;
+    const MAX: usize = 500;
+    const NAME: &'static str = "post";
+
+    fn client(item: &Self::Item) -> ClientId {
+        // One post per sender per transaction: a session waits for its own anyway.
+        item.1
+    }
+
+    fn run(
+        &self,
+        items: Vec<Self::Item>,
+    ) -> impl Future<Output = Result<Vec<Self::Output>, StoreError>> + Send {
+        let store = self.0.clone();
+        async move {
+            let posts: Vec<NewPost<'_>> = items
+                .iter()
+                .map(|(room, sender, body)| NewPost {
+                    room: *room,
+                    sender: Some(*sender),
+                    body,
+                })
+                .collect();
+            store.post_many(&posts).await
+        }
+    }
+}
+
+/// Reads of room pages: (client, epoch, room, after_seq, limit) -> [`RoomFetch`].
+pub struct RoomFetches(pub Store);
+
+impl BatchOp for RoomFetches {
+    type Item = (ClientId, u64, RoomId, u64, usize);
+    type Output = RoomFetch;
+    const MAX: usize = 200;
+    const NAME: &'static str = "fetch room pages";
+
+    fn client(item: &Self::Item) -> ClientId {
+        item.0
+    }
+
+    fn run(
+        &self,
+        items: Vec<Self::Item>,
+    ) -> impl Future<Output = Result<Vec<RoomFetch>, StoreError>> + Send {
+        let store = self.0.clone();
+        async move { store.fetch_room_pages(&items).await }
+    }
+}
+
+/// Room cursor writes: (client, epoch, [(room, seq)]) -> recorded (false: the session lost the
+/// delivery right).
+pub struct RoomCursors(pub Store);
+
+impl BatchOp for RoomCursors {
+    type Item = (ClientId, u64, Vec<(RoomId, u64)>);
+    type Output = bool;
+    const MAX: usize = 500;
+    const NAME: &'static str = "record room cursors";
+
+    fn client(item: &Self::Item) -> ClientId {
+        item.0
+    }
+
+    fn run(
+        &self,
+        items: Vec<Self::Item>,
+    ) -> impl Future<Output = Result<Vec<bool>, StoreError>> + Send {
+        let store = self.0.clone();
+        async move { store.record_room_cursors(&items).await }
     }
 }

@@ -38,6 +38,39 @@ pub const DEFAULT_RETENTION_INTERVAL: Duration = Duration::from_secs(3600);
 /// How often a node re-reads the cluster-wide bans from MySQL (besides the Redis broadcast).
 pub const DEFAULT_BANS_POLL: Duration = Duration::from_secs(30);
 
+/// Posts per second one client may make (`SAY`, `SEND`), with a burst of twice as many.
+pub const DEFAULT_SEND_RATE: u32 = 10;
+/// Rooms (public or invite-only) one client may be in.
+pub const DEFAULT_MAX_ROOMS_PER_CLIENT: usize = 100;
+/// Members one room may have.
+pub const DEFAULT_MAX_ROOM_MEMBERS: usize = 1000;
+/// Private rooms (two-person conversations) one client may have.
+pub const DEFAULT_MAX_PRIVATE_ROOMS: usize = 1000;
+/// Contacts one client may have.
+pub const MAX_CONTACTS: usize = 1000;
+
+/// The bounds on what clients do with the chat commands.
+#[derive(Debug, Clone)]
+pub struct ChatLimits {
+    pub send_rate: u32,
+    pub max_rooms: usize,
+    pub max_room_members: usize,
+    pub max_private: usize,
+    pub max_contacts: usize,
+}
+
+impl Default for ChatLimits {
+    fn default() -> ChatLimits {
+        ChatLimits {
+            send_rate: DEFAULT_SEND_RATE,
+            max_rooms: DEFAULT_MAX_ROOMS_PER_CLIENT,
+            max_room_members: DEFAULT_MAX_ROOM_MEMBERS,
+            max_private: DEFAULT_MAX_PRIVATE_ROOMS,
+            max_contacts: MAX_CONTACTS,
+        }
+    }
+}
+
 /// Where MySQL and Redis are: the flags both binaries share.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServiceUrls {
@@ -70,6 +103,8 @@ pub struct NodeConfig {
     pub lease: Duration,
     pub shutdown_timeout: Duration,
     pub max_connections: usize,
+    /// MySQL connections of the node's pool.
+    pub db_pool: usize,
     pub max_inflight: usize,
     pub handoff_timeout: Duration,
     pub node_ttl: Duration,
@@ -79,6 +114,8 @@ pub struct NodeConfig {
     pub retention: Option<Duration>,
     pub retention_interval: Duration,
     pub bans_poll: Duration,
+    /// Rates and sizes of the chat commands.
+    pub chat: ChatLimits,
 }
 
 impl NodeConfig {
@@ -94,6 +131,7 @@ impl NodeConfig {
             lease: DEFAULT_LEASE,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            db_pool: DEFAULT_DB_POOL,
             max_inflight: DEFAULT_MAX_INFLIGHT,
             handoff_timeout: DEFAULT_HANDOFF_TIMEOUT,
             node_ttl: DEFAULT_NODE_TTL,
@@ -101,6 +139,7 @@ impl NodeConfig {
             retention: Some(DEFAULT_RETENTION),
             retention_interval: DEFAULT_RETENTION_INTERVAL,
             bans_poll: DEFAULT_BANS_POLL,
+            chat: ChatLimits::default(),
         }
     }
 }

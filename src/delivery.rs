@@ -1,4 +1,4 @@
-//! A session's delivery position: what was written, what was acknowledged, what MySQL has recorded.
+//! A session's delivery position: per queue (its own, each room) what was written, acknowledged and recorded; per session the delivery right and its timers.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -17,7 +17,7 @@ const MAX_HANDOFF_POLL: Duration = Duration::from_millis(400);
 /// A session that has waited this long for the previous one to hand over says so to its client.
 const HANDOFF_NOTICE_AFTER: Duration = Duration::from_secs(1);
 /// Acknowledgements are recorded in MySQL together, at most this long after the first one.
-const ACK_RECORD_DELAY: Duration = Duration::from_millis(50);
+pub const ACK_RECORD_DELAY: Duration = Duration::from_millis(50);
 
 #[derive(Debug, Clone, Copy)]
 struct InFlight {
@@ -28,10 +28,41 @@ struct InFlight {
     deadline: Option<Instant>,
 }
 
-/// Delivery state of one session. In plain mode a message is done once written; in acknowledged
-/// mode once the client acknowledged it and every earlier one (the cursor is cumulative).
+/// A message written to the socket (or counted without a line: dropped, or the client's own post).
+#[derive(Debug, Clone, Copy)]
+pub struct Written {
+    pub seq: u64,
+    pub id: u64,
+    /// Needs no acknowledgement: it was not written as a `MESSAGE` line.
+    pub no_ack: bool,
+    pub deadline: Option<Instant>,
+}
+
+impl From<&Pending> for Written {
+    fn from(m: &Pending) -> Written {
+        Written {
+            seq: m.seq,
+            id: m.id,
+            no_ack: m.dropped,
+            deadline: m.deadline,
+        }
+    }
+}
+
+/// What an accepted `ACK` changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Acked {
+    /// The cumulative cursor moved: the window has room again.
+    pub advanced: bool,
+    /// Something must be written to MySQL (the cursor, or a deadline taken off).
+    pub record: bool,
+}
+
+/// The delivery position in one queue: the client's own, or one of its rooms. In plain mode a
+/// message is done once written; in acknowledged mode once the client acknowledged it and every
+/// earlier one (the cursor is cumulative).
 #[derive(Debug)]
-pub struct Cursor {
+pub struct Progress {
     /// Last seq written to the socket.
     pub sent: u64,
     /// Last seq recorded in MySQL.
@@ -41,20 +72,6 @@ pub struct Cursor {
     /// Acknowledged mode: the bound on unacknowledged messages.
     window: Option<usize>,
     inflight: VecDeque<InFlight>,
-    /// Whether this session holds the delivery right in MySQL.
-    pub holding: bool,
-    /// After this, the right is taken even from a holder that did not release it.
-    pub handoff_deadline: Instant,
-    /// When to try delivering again after a failure or while waiting for the handoff.
-    pub retry_at: Option<Instant>,
-    /// When to write the cursor to MySQL.
-    pub record_at: Option<Instant>,
-    backoff: Duration,
-    handoff_poll: Duration,
-    /// Since when this session has been waiting for the previous one to hand over, and whether
-    /// the client was told.
-    waiting_since: Option<Instant>,
-    told_waiting: bool,
     /// Acknowledged mode: seqs acknowledged after their deadline, to be marked expired in MySQL
     /// before the cursor that covers them is recorded.
     late: Vec<u64>,
@@ -64,23 +81,15 @@ pub struct Cursor {
     kept: Vec<u64>,
 }
 
-impl Cursor {
-    /// `window`: `Some(max in flight)` for acknowledged mode, `None` for plain mode.
-    pub fn new(claim: &Claim, window: Option<usize>, handoff_deadline: Instant) -> Cursor {
-        Cursor {
-            sent: claim.delivered_seq,
-            recorded_seq: claim.delivered_seq,
-            acked: claim.delivered_seq,
+impl Progress {
+    /// Starting after `delivered_seq`; `window`: `Some(max in flight)` for acknowledged mode.
+    pub fn new(delivered_seq: u64, window: Option<usize>) -> Progress {
+        Progress {
+            sent: delivered_seq,
+            recorded_seq: delivered_seq,
+            acked: delivered_seq,
             window: window.map(|w| w.max(1)),
             inflight: VecDeque::new(),
-            holding: claim.holding,
-            handoff_deadline,
-            retry_at: None,
-            record_at: None,
-            backoff: FIRST_BACKOFF,
-            handoff_poll: HANDOFF_POLL,
-            waiting_since: None,
-            told_waiting: false,
             late: Vec::new(),
             kept: Vec::new(),
         }
@@ -91,13 +100,12 @@ impl Cursor {
         self.window.is_some()
     }
 
-    /// The session now holds the delivery right; the previous holder got as far as `delivered_seq`.
-    pub fn acquired(&mut self, delivered_seq: u64) {
-        self.holding = true;
+    /// Starts over after `delivered_seq` (the previous holder got that far).
+    pub fn restart(&mut self, delivered_seq: u64) {
         self.sent = delivered_seq;
         self.recorded_seq = delivered_seq;
         self.acked = delivered_seq;
-        self.backoff = FIRST_BACKOFF;
+        self.inflight.clear();
     }
 
     /// How many messages the next round may fetch.
@@ -108,25 +116,34 @@ impl Cursor {
         }
     }
 
-    /// These messages (in order) were written to the socket, or counted in a `DROPPED` line: a
-    /// dropped one needs no acknowledgement.
-    pub fn written(&mut self, messages: &[Pending]) {
-        if let Some(last) = messages.last() {
-            self.sent = last.seq;
+    /// These messages (in order) were written to the socket, or counted without a line. `true`
+    /// when the acknowledged cursor moved (messages that need no acknowledgement at its front).
+    pub fn written(&mut self, messages: impl IntoIterator<Item = Written>) -> bool {
+        let mut last = None;
+        for m in messages {
+            last = Some(m.seq);
+            if self.acknowledged() {
+                self.inflight.push_back(InFlight {
+                    seq: m.seq,
+                    id: m.id,
+                    acked: m.no_ack,
+                    deadline: m.deadline,
+                });
+            }
         }
-        if self.acknowledged() {
-            self.inflight.extend(messages.iter().map(|m| InFlight {
-                seq: m.seq,
-                id: m.id,
-                acked: m.dropped,
-                deadline: m.deadline,
-            }));
-            self.advance();
+        if let Some(last) = last {
+            self.sent = self.sent.max(last);
         }
+        self.advance()
     }
 
-    /// Acknowledges message `id`. `Ok(true)` when the window has room again.
-    pub fn ack(&mut self, id: u64) -> Result<bool, SessionError> {
+    /// Whether message `id` waits for its acknowledgement here.
+    pub fn awaits(&self, id: u64) -> bool {
+        self.inflight.iter().any(|m| m.id == id && !m.acked)
+    }
+
+    /// Acknowledges message `id`.
+    pub fn ack(&mut self, id: u64) -> Result<Acked, SessionError> {
         if !self.acknowledged() {
             return Err(SessionError::NotAckMode);
         }
@@ -146,13 +163,14 @@ impl Cursor {
             None => false,
         };
         let advanced = self.advance();
-        if in_time && self.acked < seq {
+        let kept = in_time && self.acked < seq;
+        if kept {
             self.kept.push(seq);
-            if self.record_at.is_none() {
-                self.record_at = Some(Instant::now() + ACK_RECORD_DELAY);
-            }
         }
-        Ok(advanced)
+        Ok(Acked {
+            advanced,
+            record: advanced || kept,
+        })
     }
 
     /// Seqs acknowledged too late (after their deadline), not yet marked expired in MySQL.
@@ -171,19 +189,14 @@ impl Cursor {
         self.kept.clear();
     }
 
-    /// Moves the acknowledged cursor over the acknowledged front of the window; `true` if it moved
-    /// (then a write of it to MySQL is scheduled).
+    /// Moves the acknowledged cursor over the acknowledged front of the window; `true` if it moved.
     fn advance(&mut self) -> bool {
         let before = self.acked;
         while let Some(front) = self.inflight.front().filter(|m| m.acked) {
             self.acked = front.seq;
             self.inflight.pop_front();
         }
-        let advanced = self.acked > before;
-        if advanced && self.record_at.is_none() {
-            self.record_at = Some(Instant::now() + ACK_RECORD_DELAY);
-        }
-        advanced
+        self.acked > before
     }
 
     /// Everything up to this seq is done (plain: written; acknowledged: acknowledged).
@@ -203,6 +216,74 @@ impl Cursor {
     /// MySQL now has `seq`.
     pub fn recorded(&mut self, seq: u64) {
         self.recorded_seq = self.recorded_seq.max(seq);
+    }
+
+    /// Messages written and not done (acknowledged mode: not acknowledged).
+    pub fn outstanding(&self) -> u64 {
+        self.sent.saturating_sub(self.done())
+    }
+}
+
+/// The delivery state of one session: its own queue's progress, and the delivery right with the
+/// timers that drive retries and records.
+#[derive(Debug)]
+pub struct Cursor {
+    /// The client's own queue.
+    pub own: Progress,
+    /// Whether this session holds the delivery right in MySQL.
+    pub holding: bool,
+    /// After this, the right is taken even from a holder that did not release it.
+    pub handoff_deadline: Instant,
+    /// When to try delivering again after a failure or while waiting for the handoff.
+    pub retry_at: Option<Instant>,
+    /// When to write the cursors to MySQL.
+    pub record_at: Option<Instant>,
+    backoff: Duration,
+    handoff_poll: Duration,
+    /// Since when this session has been waiting for the previous one to hand over, and whether
+    /// the client was told.
+    waiting_since: Option<Instant>,
+    told_waiting: bool,
+}
+
+impl Cursor {
+    /// `window`: `Some(max in flight)` for acknowledged mode, `None` for plain mode.
+    pub fn new(claim: &Claim, window: Option<usize>, handoff_deadline: Instant) -> Cursor {
+        Cursor {
+            own: Progress::new(claim.delivered_seq, window),
+            holding: claim.holding,
+            handoff_deadline,
+            retry_at: None,
+            record_at: None,
+            backoff: FIRST_BACKOFF,
+            handoff_poll: HANDOFF_POLL,
+            waiting_since: None,
+            told_waiting: false,
+        }
+    }
+
+    /// Whether messages need acknowledgements.
+    pub fn acknowledged(&self) -> bool {
+        self.own.acknowledged()
+    }
+
+    /// The session now holds the delivery right; the previous holder got as far as `delivered_seq`.
+    pub fn acquired(&mut self, delivered_seq: u64) {
+        self.holding = true;
+        self.own.restart(delivered_seq);
+        self.backoff = FIRST_BACKOFF;
+    }
+
+    /// Records are wanted within `delay` (the earliest wish wins).
+    pub fn record_within(&mut self, delay: Duration) {
+        let at = Instant::now() + delay;
+        if self.record_at.is_none_or(|t| t > at) {
+            self.record_at = Some(at);
+        }
+    }
+
+    /// A write to MySQL succeeded: the backoff starts over.
+    pub fn succeeded(&mut self) {
         self.backoff = FIRST_BACKOFF;
     }
 
@@ -211,7 +292,7 @@ impl Cursor {
         self.retry_at = Some(Instant::now() + self.next_backoff());
     }
 
-    /// Recording the cursor failed: retry the write later, backing off.
+    /// Recording failed: retry the write later, backing off.
     pub fn record_failed(&mut self) {
         self.record_at = Some(Instant::now() + self.next_backoff());
     }
@@ -245,100 +326,103 @@ mod tests {
             epoch: 1,
             delivered_seq,
             holding: true,
+            rooms_version: 0,
         }
     }
 
-    fn msgs(seqs: std::ops::RangeInclusive<u64>) -> Vec<Pending> {
-        seqs.map(|seq| Pending {
+    fn msgs(seqs: std::ops::RangeInclusive<u64>) -> Vec<Written> {
+        seqs.map(|seq| Written {
             seq,
             id: seq + 1000,
-            body: vec![],
-            dropped: false,
-            expires_in_us: None,
-            enqueued_at_us: 0,
+            no_ack: false,
             deadline: None,
         })
         .collect()
     }
 
+    fn acked(advanced: bool, record: bool) -> Result<Acked, SessionError> {
+        Ok(Acked { advanced, record })
+    }
+
     #[tokio::test(start_paused = true)]
     async fn an_ack_after_the_deadline_is_late() {
-        let mut c = Cursor::new(&claim(0), Some(10), Instant::now());
+        let mut p = Progress::new(0, Some(10));
         let mut page = msgs(1..=2);
         page[0].deadline = Some(Instant::now() + Duration::from_secs(1));
         page[1].deadline = Some(Instant::now() + Duration::from_secs(5));
-        c.written(&page);
+        p.written(page);
         tokio::time::advance(Duration::from_secs(2)).await;
-        assert_eq!(c.ack(1001), Ok(true));
-        assert_eq!(c.ack(1002), Ok(true));
-        assert_eq!(c.late(), &[1]);
-        assert!(c.kept().is_empty());
-        c.acks_marked();
-        assert!(c.late().is_empty());
-        assert_eq!(c.done(), 2);
+        assert_eq!(p.ack(1001), acked(true, true));
+        assert_eq!(p.ack(1002), acked(true, true));
+        assert_eq!(p.late(), &[1]);
+        assert!(p.kept().is_empty());
+        p.acks_marked();
+        assert!(p.late().is_empty());
+        assert_eq!(p.done(), 2);
     }
 
     #[tokio::test(start_paused = true)]
     async fn an_ack_in_time_ahead_of_the_cursor_is_kept() {
-        let mut c = Cursor::new(&claim(0), Some(10), Instant::now());
+        let mut p = Progress::new(0, Some(10));
         let mut page = msgs(1..=2);
         page[1].deadline = Some(Instant::now() + Duration::from_secs(1));
-        c.written(&page);
+        p.written(page);
         // 2 acknowledged in time while 1 is still out: its deadline must be taken off.
-        assert_eq!(c.ack(1002), Ok(false));
-        assert_eq!(c.kept(), &[2]);
-        assert!(c.record_at.is_some());
+        assert_eq!(p.ack(1002), acked(false, true));
+        assert_eq!(p.kept(), &[2]);
         tokio::time::advance(Duration::from_secs(2)).await;
-        assert_eq!(c.ack(1001), Ok(true));
-        assert!(c.late().is_empty());
-        assert_eq!(c.done(), 2);
+        assert_eq!(p.ack(1001), acked(true, true));
+        assert!(p.late().is_empty());
+        assert_eq!(p.done(), 2);
     }
 
     #[test]
-    fn dropped_messages_need_no_acknowledgement() {
-        let mut c = Cursor::new(&claim(0), Some(10), Instant::now());
+    fn messages_without_a_line_need_no_acknowledgement() {
+        let mut p = Progress::new(0, Some(10));
         let mut page = msgs(1..=4);
-        page[0].dropped = true;
-        page[2].dropped = true;
-        c.written(&page);
-        // 1 was dropped: done at once; 2 waits for its ACK, 3 (dropped) behind it.
-        assert_eq!(c.done(), 1);
-        assert_eq!(c.ack(1003), Err(SessionError::NotInFlight(1003)));
-        assert_eq!(c.ack(1002), Ok(true));
-        assert_eq!(c.done(), 3);
-        assert_eq!(c.ack(1004), Ok(true));
-        assert_eq!(c.done(), 4);
-        assert_eq!(c.room(100), 10);
+        page[0].no_ack = true;
+        page[2].no_ack = true;
+        assert!(p.written(page));
+        // 1 needs none: done at once; 2 waits for its ACK, 3 (none needed) behind it.
+        assert_eq!(p.done(), 1);
+        assert!(!p.awaits(1003) && p.awaits(1002));
+        assert_eq!(p.ack(1003), Err(SessionError::NotInFlight(1003)));
+        assert_eq!(p.ack(1002), acked(true, true));
+        assert_eq!(p.done(), 3);
+        assert_eq!(p.ack(1004), acked(true, true));
+        assert_eq!(p.done(), 4);
+        assert_eq!(p.room(100), 10);
     }
 
     #[test]
     fn plain_mode_is_done_once_written() {
-        let mut c = Cursor::new(&claim(3), None, Instant::now());
-        assert_eq!(c.room(100), 100);
-        c.written(&msgs(4..=6));
-        assert_eq!(c.unrecorded(), Some(6));
-        c.recorded(6);
-        assert_eq!(c.unrecorded(), None);
-        assert_eq!(c.ack(1004), Err(SessionError::NotAckMode));
+        let mut p = Progress::new(3, None);
+        assert_eq!(p.room(100), 100);
+        p.written(msgs(4..=6));
+        assert_eq!(p.unrecorded(), Some(6));
+        p.recorded(6);
+        assert_eq!(p.unrecorded(), None);
+        assert_eq!(p.ack(1004), Err(SessionError::NotAckMode));
+        assert_eq!(p.outstanding(), 0);
     }
 
     #[test]
     fn acknowledged_mode_advances_on_contiguous_acks_within_the_window() {
-        let mut c = Cursor::new(&claim(0), Some(3), Instant::now());
-        assert_eq!(c.room(100), 3);
-        c.written(&msgs(1..=3));
-        assert_eq!(c.room(100), 0);
-        assert_eq!(c.done(), 0);
-        // Out of order: 2 first does not move the cursor.
-        assert_eq!(c.ack(1002), Ok(false));
-        assert_eq!(c.done(), 0);
-        assert_eq!(c.ack(1002), Err(SessionError::NotInFlight(1002)));
-        assert_eq!(c.ack(1001), Ok(true));
-        assert_eq!(c.done(), 2);
-        assert_eq!(c.room(100), 2);
-        assert!(c.record_at.is_some());
-        assert_eq!(c.ack(999), Err(SessionError::NotInFlight(999)));
-        assert_eq!(c.unrecorded(), Some(2));
+        let mut p = Progress::new(0, Some(3));
+        assert_eq!(p.room(100), 3);
+        p.written(msgs(1..=3));
+        assert_eq!(p.room(100), 0);
+        assert_eq!(p.done(), 0);
+        // Out of order: 2 first does not move the cursor (and nothing to record: no deadline).
+        assert_eq!(p.ack(1002), acked(false, false));
+        assert_eq!(p.done(), 0);
+        assert_eq!(p.ack(1002), Err(SessionError::NotInFlight(1002)));
+        assert_eq!(p.ack(1001), acked(true, true));
+        assert_eq!(p.done(), 2);
+        assert_eq!(p.room(100), 2);
+        assert_eq!(p.ack(999), Err(SessionError::NotInFlight(999)));
+        assert_eq!(p.unrecorded(), Some(2));
+        assert_eq!(p.outstanding(), 1);
     }
 
     #[tokio::test(start_paused = true)]
@@ -354,6 +438,18 @@ mod tests {
         assert!(c.retry_at.is_some());
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn the_earliest_record_wish_wins() {
+        let mut c = Cursor::new(&claim(0), None, Instant::now());
+        c.record_within(Duration::from_secs(1));
+        c.record_within(Duration::from_millis(50));
+        c.record_within(Duration::from_secs(2));
+        assert_eq!(
+            c.record_at,
+            Some(Instant::now() + Duration::from_millis(50))
+        );
+    }
+
     #[test]
     fn acquiring_adopts_the_previous_holders_cursor() {
         let mut c = Cursor::new(
@@ -361,12 +457,13 @@ mod tests {
                 epoch: 2,
                 delivered_seq: 5,
                 holding: false,
+                rooms_version: 0,
             },
             None,
             Instant::now(),
         );
         c.acquired(9);
         assert!(c.holding);
-        assert_eq!((c.sent, c.done(), c.unrecorded()), (9, 9, None));
+        assert_eq!((c.own.sent, c.own.done(), c.own.unrecorded()), (9, 9, None));
     }
 }

@@ -4,8 +4,11 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::bus::{Bus, BusError};
-use crate::store::{MessageStatus, NewMessage, Store, StoreError, Stored};
+use crate::bus::{Bus, BusError, Note, Post};
+use crate::protocol::names::Name;
+use crate::store::{
+    MessageStatus, NewMessage, NewPost, RoomKind, RoomMessage, Store, StoreError, Stored,
+};
 use crate::ClientId;
 
 pub use crate::store::{MessageOptions, MessageState};
@@ -42,6 +45,10 @@ pub enum InvalidMessage {
     BadKey(&'static str),
     #[error("the TTL must be between 1 ms and 365 days")]
     BadTtl,
+    #[error(
+        "{0:?} is not a room name (2-32 letters, digits, '_', '.' or '-', starting with a letter)"
+    )]
+    BadRoom(String),
 }
 
 /// Why an enqueue failed.
@@ -51,6 +58,8 @@ pub enum EnqueueError {
     Invalid(#[from] InvalidMessage),
     #[error("unknown client id {0}")]
     UnknownClient(ClientId),
+    #[error("no room #{0}")]
+    UnknownRoom(String),
     #[error("MySQL: {0}")]
     Store(#[from] StoreError),
 }
@@ -279,6 +288,58 @@ impl Enqueuer {
             None => Ok(0),
         };
         Ok((results, notified))
+    }
+
+    /// Posts `text` to the public or invite-only room `room` (`#` optional), shown as from `*` (a
+    /// producer, not a member), and tells the nodes with members in it. Returns the message id and
+    /// whether the room's channel reached a node.
+    pub async fn post_to_room(
+        &self,
+        room: &str,
+        text: &str,
+    ) -> Result<(u64, Result<bool, BusError>), EnqueueError> {
+        validate(text, self.max_bytes)?;
+        let bare = room.strip_prefix('#').unwrap_or(room);
+        let name =
+            Name::parse(bare.as_bytes()).map_err(|_| InvalidMessage::BadRoom(room.to_string()))?;
+        let info = self
+            .store
+            .room_named(&name.key())
+            .await?
+            .filter(|r| r.kind != RoomKind::Private)
+            .ok_or_else(|| EnqueueError::UnknownRoom(name.to_string()))?;
+        let post = NewPost {
+            room: info.id,
+            sender: None,
+            body: text.as_bytes(),
+        };
+        let row = self
+            .store
+            .post_many(&[post])
+            .await?
+            .pop()
+            .and_then(Result::ok)
+            .ok_or_else(|| EnqueueError::UnknownRoom(name.to_string()))?;
+        let at_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        let note = Note::Post(Box::new(Post {
+            to: None,
+            message: RoomMessage {
+                room: info.id,
+                seq: row.seq,
+                id: row.id,
+                sender: None,
+                shown: "*".into(),
+                body: text.as_bytes().to_vec(),
+                at_us,
+            },
+        }));
+        let notified = match &self.bus {
+            Some(bus) => bus.publish_room(&note, info.id).await.map(|n| n > 0),
+            None => Ok(false),
+        };
+        Ok((row.id, notified))
     }
 
     /// Closes the MySQL connections.

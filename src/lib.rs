@@ -25,14 +25,17 @@ pub mod admission;
 pub mod background;
 pub mod batcher;
 pub mod bus;
+pub mod chat;
 pub mod codec;
 pub mod config;
 pub mod config_file;
 pub mod delivery;
 pub mod enqueue;
 pub mod http;
+pub mod hub;
 pub mod logging;
 pub mod node;
+pub mod password;
 pub mod protocol;
 pub mod proxy;
 pub mod registry;
@@ -43,8 +46,10 @@ pub mod store;
 pub mod tls;
 
 mod client_id;
+mod room_id;
 
 pub use client_id::ClientId;
+pub use room_id::RoomId;
 
 /// Default TCP port of a node.
 pub const DEFAULT_PORT: u16 = 8000;

@@ -7,9 +7,10 @@ use tokio::sync::{Notify, Semaphore};
 use tracing::{error, info};
 
 use crate::admission::Admission;
-use crate::batcher::{Batcher, Claims, Cursors, Fetches};
+use crate::batcher::{Batcher, Claims, Cursors, Fetches, Posts, RoomCursors, RoomFetches};
 use crate::bus::Bus;
 use crate::config::NodeConfig;
+use crate::hub::Hub;
 use crate::registry::Registry;
 use crate::stats;
 use crate::store::{NodeLock, Store};
@@ -40,6 +41,17 @@ pub struct Node {
     pub fetches: Batcher<Fetches>,
     /// Writes the cursors of many sessions per statement.
     pub cursors: Batcher<Cursors>,
+    /// Stores the posts of many sessions per transaction.
+    pub posts: Batcher<Posts>,
+    /// Reads room pages for many sessions per statement.
+    pub room_fetches: Batcher<RoomFetches>,
+    /// Writes the room cursors of many sessions per statement.
+    pub room_cursors: Batcher<RoomCursors>,
+    /// This node's rooms: local members, latest messages, room channels.
+    pub hub: Hub,
+    /// Turns at MySQL for chat commands: at most half the pool, so deliveries always find
+    /// connections.
+    pub chat_queries: Arc<Semaphore>,
     /// Wake-ups for the background loops.
     pub nudges: Nudges,
     /// The certificate of the TLS listeners, if any.
@@ -61,6 +73,11 @@ impl Node {
             }),
             fetches: Batcher::spawn(Fetches(store.clone())),
             cursors: Batcher::spawn(Cursors(store.clone())),
+            posts: Batcher::spawn(Posts(store.clone())),
+            room_fetches: Batcher::spawn(RoomFetches(store.clone())),
+            room_cursors: Batcher::spawn(RoomCursors(store.clone())),
+            hub: Hub::new(),
+            chat_queries: Arc::new(Semaphore::new((config.db_pool / 2).max(1))),
             store,
             bus,
             registry: Registry::new(),

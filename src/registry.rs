@@ -1,18 +1,105 @@
-//! This node's live sessions by client id: wake one, kick one, list them for sweeps and lease renewal.
+//! This node's live sessions by client id: wake one (for its own queue, a room, or its memberships), kick one, list them for sweeps and lease renewal.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::ClientId;
+use crate::{ClientId, RoomId};
+
+/// Most rooms remembered as woken one by one; past it, every room of the session counts as woken.
+const WOKEN_ROOMS_MAX: usize = 64;
+
+/// Why a session was woken, coalesced until it looks: many wakes, one round.
+#[derive(Debug, Default)]
+pub struct Signals {
+    notify: Notify,
+    /// Messages may be pending in the client's own queue.
+    own: AtomicBool,
+    /// The client's memberships changed: load its rooms again.
+    reload: AtomicBool,
+    /// Rooms with new messages (every room when `all_rooms`).
+    rooms: Mutex<Vec<RoomId>>,
+    all_rooms: AtomicBool,
+    /// The rooms version the session has loaded (the sweep compares it with MySQL's).
+    rooms_version: AtomicU64,
+}
+
+/// What a session was woken for.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Woken {
+    pub own: bool,
+    pub reload: bool,
+    pub rooms: Vec<RoomId>,
+    pub all_rooms: bool,
+}
+
+impl Signals {
+    /// Messages may be pending in the client's own queue.
+    pub fn wake_own(&self) {
+        self.own.store(true, Ordering::Relaxed);
+        self.notify.notify_one();
+    }
+
+    /// `room` has new messages.
+    pub fn wake_room(&self, room: RoomId) {
+        {
+            let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
+            if !rooms.contains(&room) {
+                if rooms.len() < WOKEN_ROOMS_MAX {
+                    rooms.push(room);
+                } else {
+                    self.all_rooms.store(true, Ordering::Relaxed);
+                }
+            }
+        }
+        self.notify.notify_one();
+    }
+
+    /// Every room may have new messages (after a lost subscription, say).
+    pub fn wake_all_rooms(&self) {
+        self.all_rooms.store(true, Ordering::Relaxed);
+        self.notify.notify_one();
+    }
+
+    /// The memberships changed: load the rooms again.
+    pub fn wake_reload(&self) {
+        self.reload.store(true, Ordering::Relaxed);
+        self.notify.notify_one();
+    }
+
+    /// Waits for a wake (returns at once if one came since the last `take`).
+    pub async fn notified(&self) {
+        self.notify.notified().await
+    }
+
+    /// Takes what the session was woken for, clearing it.
+    pub fn take(&self) -> Woken {
+        Woken {
+            own: self.own.swap(false, Ordering::Relaxed),
+            reload: self.reload.swap(false, Ordering::Relaxed),
+            all_rooms: self.all_rooms.swap(false, Ordering::Relaxed),
+            rooms: std::mem::take(&mut *self.rooms.lock().unwrap_or_else(|e| e.into_inner())),
+        }
+    }
+
+    /// The session loaded its rooms as of `version`.
+    pub fn loaded(&self, version: u64) {
+        self.rooms_version.store(version, Ordering::Relaxed);
+    }
+
+    /// The rooms version the session has loaded.
+    pub fn rooms_version(&self) -> u64 {
+        self.rooms_version.load(Ordering::Relaxed)
+    }
+}
 
 #[derive(Debug)]
 struct Entry {
     epoch: u64,
-    wake: Arc<Notify>,
+    signals: Arc<Signals>,
     kick: CancellationToken,
     banned: Arc<AtomicBool>,
 }
@@ -22,8 +109,8 @@ struct Entry {
 pub struct Registration {
     pub client_id: ClientId,
     pub epoch: u64,
-    /// Signalled when messages may be pending (coalesces: many wakes, one fetch).
-    pub wake: Arc<Notify>,
+    /// Why it was woken (coalesces: many wakes, one round).
+    pub signals: Arc<Signals>,
     /// Cancelled when a newer session took the client over, or the client was banned.
     pub kicked: CancellationToken,
     banned: Arc<AtomicBool>,
@@ -50,7 +137,7 @@ impl Registry {
     /// Registers session `epoch` of `id`. An older session of the same client on this node is
     /// kicked; if a newer one is already here, the new registration comes back kicked.
     pub fn register(&self, id: ClientId, epoch: u64) -> Registration {
-        let wake = Arc::new(Notify::new());
+        let signals = Arc::new(Signals::default());
         let kick = CancellationToken::new();
         let banned = Arc::new(AtomicBool::new(false));
         let mut sessions = self.lock();
@@ -61,7 +148,7 @@ impl Registry {
                     id,
                     Entry {
                         epoch,
-                        wake: wake.clone(),
+                        signals: signals.clone(),
                         kick: kick.clone(),
                         banned: banned.clone(),
                     },
@@ -74,7 +161,7 @@ impl Registry {
         Registration {
             client_id: id,
             epoch,
-            wake,
+            signals,
             kicked: kick,
             banned,
         }
@@ -88,11 +175,25 @@ impl Registry {
         }
     }
 
-    /// Wakes the session of `id`; `false` if this node has none.
+    /// Wakes the session of `id` for its own queue; `false` if this node has none.
     pub fn wake(&self, id: ClientId) -> bool {
+        self.with(id, Signals::wake_own)
+    }
+
+    /// Wakes the session of `id` to load its rooms again; `false` if this node has none.
+    pub fn wake_reload(&self, id: ClientId) -> bool {
+        self.with(id, Signals::wake_reload)
+    }
+
+    /// The signals of the session of `id`, if this node has one.
+    pub fn signals(&self, id: ClientId) -> Option<Arc<Signals>> {
+        self.lock().get(&id).map(|e| e.signals.clone())
+    }
+
+    fn with(&self, id: ClientId, f: impl FnOnce(&Signals)) -> bool {
         match self.lock().get(&id) {
             Some(entry) => {
-                entry.wake.notify_one();
+                f(&entry.signals);
                 true
             }
             None => false,
@@ -127,6 +228,14 @@ impl Registry {
     /// Every session as (client id, epoch).
     pub fn snapshot(&self) -> Vec<(ClientId, u64)> {
         self.lock().iter().map(|(id, e)| (*id, e.epoch)).collect()
+    }
+
+    /// The sessions that have loaded rooms, with the rooms version each loaded.
+    pub fn room_versions(&self) -> Vec<(ClientId, u64)> {
+        self.lock()
+            .iter()
+            .map(|(id, e)| (*id, e.signals.rooms_version()))
+            .collect()
     }
 
     /// Number of live sessions.
@@ -177,6 +286,34 @@ mod tests {
         assert!(s.kicked.is_cancelled());
         assert!(reg.is_empty());
         assert!(!reg.wake(id));
+    }
+
+    #[test]
+    fn wakes_say_why_and_coalesce() {
+        let reg = Registry::new();
+        let id = ClientId::random();
+        let s = reg.register(id, 1);
+        let room = RoomId::random();
+        assert!(reg.wake(id));
+        s.signals.wake_room(room);
+        s.signals.wake_room(room);
+        let woken = s.signals.take();
+        assert_eq!(
+            woken,
+            Woken {
+                own: true,
+                rooms: vec![room],
+                ..Woken::default()
+            }
+        );
+        assert_eq!(s.signals.take(), Woken::default());
+        for _ in 0..WOKEN_ROOMS_MAX + 1 {
+            s.signals.wake_room(RoomId::random());
+        }
+        let woken = s.signals.take();
+        assert!(woken.all_rooms && woken.rooms.len() == WOKEN_ROOMS_MAX);
+        assert!(reg.wake_reload(id) && s.signals.take().reload);
+        assert!(!reg.wake_reload(ClientId::random()));
     }
 
     #[test]

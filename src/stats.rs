@@ -58,6 +58,7 @@ const HANDSHAKE_OUTCOMES: &[&str] = &[
     "new",
     "resumed",
     "unknown_client",
+    "wrong_login",
     "malformed",
     "timeout",
     "line_too_long",
@@ -165,6 +166,7 @@ pub fn handshake(outcome: &'static str) {
 pub fn refusal(e: &SessionError) -> &'static str {
     match e {
         SessionError::UnknownClient => "unknown_client",
+        SessionError::WrongLogin => "wrong_login",
         SessionError::LineTooLong(_) => "line_too_long",
         SessionError::HandshakeTimeout(_) => "timeout",
         SessionError::Unavailable => "unavailable",

@@ -1,4 +1,4 @@
-//! The safety net that needs no Redis: every `--sweep-interval`, MySQL says which local sessions have pending messages or were taken over.
+//! The safety net that needs no Redis: every `--sweep-interval`, MySQL says which local sessions have pending messages, new rooms or were taken over, and which local rooms have new posts.
 
 use std::sync::Arc;
 
@@ -23,6 +23,8 @@ pub async fn run(node: Arc<Node>, stop: CancellationToken) {
             stats::pending(0);
             continue;
         }
+        let loaded: std::collections::HashMap<_, _> =
+            node.registry.room_versions().into_iter().collect();
         let ids: Vec<_> = sessions.iter().map(|(id, _)| *id).collect();
         let (mut woken, mut kicked) = (0usize, 0usize);
         let (mut pending, mut found) = (0u64, 0u64);
@@ -44,11 +46,35 @@ pub async fn run(node: Arc<Node>, stop: CancellationToken) {
                         woken += 1;
                         found += row.pending;
                     }
+                    // Its memberships changed and its session missed the word (a new private
+                    // room opened by someone else, say).
+                    let seen = loaded.get(&row.client_id).copied().unwrap_or(0);
+                    if row.rooms_version > seen {
+                        node.registry.wake_reload(row.client_id);
+                    }
                 }
             }
         }
+        let rooms = sweep_rooms(&node).await;
         stats::pending(pending);
         stats::sweep(found);
-        debug!(sessions = ids.len(), woken, kicked, "sweep done");
+        debug!(sessions = ids.len(), woken, kicked, rooms, "sweep done");
     }
+}
+
+/// Reads the heads of the rooms of this node's sessions (one query per 500 rooms); the members of
+/// a room with posts the node was not told about are woken. Returns how many rooms were looked at.
+async fn sweep_rooms(node: &Node) -> usize {
+    let rooms: Vec<_> = node.hub.rooms().into_iter().map(|(id, _)| id).collect();
+    for chunk in rooms.chunks(store::SWEEP_CHUNK) {
+        match node.store.room_heads(chunk).await {
+            Ok(heads) => {
+                for (room, head) in heads {
+                    node.hub.advance(room, head);
+                }
+            }
+            Err(e) => warn!(error = %e, rooms = chunk.len(), "sweep could not read room heads"),
+        }
+    }
+    rooms.len()
 }

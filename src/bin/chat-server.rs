@@ -147,6 +147,23 @@ struct Args {
     /// PEM file with the TLS private key (PKCS#8, PKCS#1 or SEC1). Re-read on SIGHUP.
     #[arg(long, env = "CHAT_TLS_KEY", requires = "tls_port")]
     tls_key: Option<PathBuf>,
+    /// Posts (SAY, SEND) per second one client may make, with a burst of twice as many; past it
+    /// the post is refused with an ERROR line and nothing is stored.
+    #[arg(long, env = "CHAT_SEND_RATE", default_value_t = config::DEFAULT_SEND_RATE,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    send_rate: u32,
+    /// Rooms (public or invite-only) one client may be in.
+    #[arg(long, env = "CHAT_MAX_ROOMS_PER_CLIENT", default_value_t = config::DEFAULT_MAX_ROOMS_PER_CLIENT,
+          value_parser = clap::value_parser!(u32).range(1..=10_000).map(|n| n as usize))]
+    max_rooms_per_client: usize,
+    /// Members one room may have.
+    #[arg(long, env = "CHAT_MAX_ROOM_MEMBERS", default_value_t = config::DEFAULT_MAX_ROOM_MEMBERS,
+          value_parser = clap::value_parser!(u32).range(2..=1_000_000).map(|n| n as usize))]
+    max_room_members: usize,
+    /// Private rooms (two-person conversations) one client may have.
+    #[arg(long, env = "CHAT_MAX_PRIVATE_ROOMS", default_value_t = config::DEFAULT_MAX_PRIVATE_ROOMS,
+          value_parser = clap::value_parser!(u32).range(1..=100_000).map(|n| n as usize))]
+    max_private_rooms: usize,
     /// Every connection must start with a PROXY protocol v1 or v2 header (behind HAProxy with
     /// send-proxy-v2); bans and limits then apply to the address it names. Connections without a
     /// valid header are closed.
@@ -359,6 +376,11 @@ async fn serve(args: Args) -> Result<()> {
     config.retention = args.retention;
     config.retention_interval = args.retention_interval;
     config.bans_poll = args.bans_poll;
+    config.db_pool = args.db_pool;
+    config.chat.send_rate = args.send_rate;
+    config.chat.max_rooms = args.max_rooms_per_client;
+    config.chat.max_room_members = args.max_room_members;
+    config.chat.max_private = args.max_private_rooms;
     let mut node = Node::new(config, store, bus, admission);
     node.tls = tls;
     node.node_lock = std::sync::Mutex::new(Some(node_lock));

@@ -1,42 +1,74 @@
-//! A session's deliveries: take the delivery right, run a round, record the cursor, take in acknowledgements.
+//! A session's deliveries: take the delivery right, run a round (its own queue, its rooms), record the cursors, take in acknowledgements.
 
 use futures::StreamExt;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
+use super::rooms::ROOM_RECORD_DELAY;
 use super::round::{self, Stale};
 use super::{End, Session, LAST_ACKS};
-use crate::delivery::Cursor;
-use crate::protocol::{self, Command, Reply};
-use crate::registry::Registration;
+use crate::delivery::{Cursor, Written, ACK_RECORD_DELAY};
+use crate::protocol::{self, Command, Reply, SessionError};
+use crate::registry::{Registration, Woken};
 use crate::stats;
 use crate::store::Acquire;
 
 impl<S: AsyncRead + AsyncWrite> Session<S> {
-    /// One delivery round: takes the delivery right if needed, reads the next page of pending
-    /// messages from MySQL, writes them, then records the cursor (plain mode). A MySQL failure
-    /// schedules a retry; it never ends the session.
+    /// One delivery round for what the session was woken for: takes the delivery right if
+    /// needed, loads the rooms if they changed, reads the next page of the own queue (MySQL) and
+    /// of each woken room (the hub's memory, else MySQL), writes them in one go, then records
+    /// the own cursor (plain mode) and schedules the rooms'. A MySQL failure schedules a retry;
+    /// it never ends the session.
     pub(super) async fn deliver(
         &mut self,
         reg: &Registration,
         cursor: &mut Cursor,
+        woken: Woken,
     ) -> Result<(), End> {
+        self.rooms_wanted |= woken.reload;
         if !cursor.holding && !self.take_over(reg, cursor).await? {
             return Ok(());
         }
+        if std::mem::take(&mut self.rooms_wanted) {
+            let window = cursor
+                .acknowledged()
+                .then_some(self.node.config.max_inflight);
+            if let Err(e) = self.load_rooms(reg, window).await {
+                warn!(error = %e, "could not load the client's rooms; will retry");
+                self.rooms_wanted = true;
+                cursor.failed();
+            }
+        }
         let node = self.node.clone();
-        let round = match round::take(&node, reg, cursor, &mut self.out).await {
-            Ok(round) => round,
-            Err(Stale) => return Err(End::TakenOver),
-        };
-        if round.failed {
-            cursor.failed();
+        let mut own = None;
+        if woken.own {
+            let round = match round::take(&node, reg, cursor, &mut self.out).await {
+                Ok(round) => round,
+                Err(Stale) => return Err(End::TakenOver),
+            };
+            if round.failed {
+                cursor.failed();
+            }
+            own = Some(round);
         }
-        if round.taken.is_empty() {
-            return Ok(());
-        }
+        self.room_round(reg, cursor, &woken).await?;
         self.flush().await?;
+        if self
+            .streams
+            .as_ref()
+            .is_some_and(|s| !s.unrecorded().is_empty())
+        {
+            let delay = if cursor.acknowledged() {
+                ACK_RECORD_DELAY
+            } else {
+                ROOM_RECORD_DELAY
+            };
+            cursor.record_within(delay);
+        }
+        let Some(round) = own.filter(|r| !r.taken.is_empty()) else {
+            return Ok(());
+        };
         if !cursor.acknowledged() {
             round::mark_late_writes(&node, reg, &round.taken).await;
         }
@@ -47,13 +79,44 @@ impl<S: AsyncRead + AsyncWrite> Session<S> {
             dropped as u64,
             cursor.acknowledged(),
         );
-        cursor.written(&round.taken);
-        debug!(count = round.taken.len(), seq = cursor.sent, "written");
+        if cursor.own.written(round.taken.iter().map(Written::from)) {
+            cursor.record_within(ACK_RECORD_DELAY);
+        }
+        debug!(count = round.taken.len(), seq = cursor.own.sent, "written");
         if round.more && !round.failed {
             // More may wait: come back after giving commands and shutdown a turn.
-            reg.wake.notify_one();
+            reg.signals.wake_own();
         }
         self.record(reg, cursor).await
+    }
+
+    /// `ACK <id>`: a message of the own queue or of a room.
+    pub(super) fn ack(
+        &mut self,
+        reg: &Registration,
+        cursor: &mut Cursor,
+        id: u64,
+    ) -> Result<(), SessionError> {
+        let room = match self.streams.as_ref() {
+            Some(streams) if !cursor.own.awaits(id) => streams.awaiting(id),
+            _ => None,
+        };
+        let progress = match room.and_then(|r| self.streams.as_mut()?.progress(r)) {
+            Some(progress) => progress,
+            None => &mut cursor.own,
+        };
+        let acked = progress.ack(id)?;
+        stats::acknowledged();
+        if acked.record {
+            cursor.record_within(ACK_RECORD_DELAY);
+        }
+        if acked.advanced {
+            match room {
+                Some(room) => reg.signals.wake_room(room),
+                None => reg.signals.wake_own(),
+            }
+        }
+        Ok(())
     }
 
     /// Takes the delivery right from the previous session of this client. `Ok(false)`: not yet
@@ -91,7 +154,8 @@ impl<S: AsyncRead + AsyncWrite> Session<S> {
         }
     }
 
-    /// Writes the cursor to MySQL if it moved.
+    /// Writes the cursors to MySQL if they moved: the own queue's, then the rooms' (each a group
+    /// commit with other sessions).
     pub(super) async fn record(
         &mut self,
         reg: &Registration,
@@ -105,19 +169,48 @@ impl<S: AsyncRead + AsyncWrite> Session<S> {
             cursor.record_failed();
             return Ok(());
         }
-        let Some(done) = cursor.unrecorded() else {
+        if let Some(done) = cursor.own.unrecorded() {
+            match self
+                .node
+                .cursors
+                .call((reg.client_id, reg.epoch, done, cursor.acknowledged()))
+                .await
+            {
+                Ok(true) => {
+                    cursor.own.recorded(done);
+                    cursor.succeeded();
+                }
+                Ok(false) => return Err(End::TakenOver),
+                Err(e) => {
+                    warn!(error = %e, "could not record delivery; will retry");
+                    cursor.record_failed();
+                    return Ok(());
+                }
+            }
+        }
+        let rooms = self
+            .streams
+            .as_ref()
+            .map(|s| s.unrecorded())
+            .unwrap_or_default();
+        if rooms.is_empty() {
             return Ok(());
-        };
+        }
         match self
             .node
-            .cursors
-            .call((reg.client_id, reg.epoch, done, cursor.acknowledged()))
+            .room_cursors
+            .call((reg.client_id, reg.epoch, rooms.clone()))
             .await
         {
-            Ok(true) => cursor.recorded(done),
+            Ok(true) => {
+                if let Some(streams) = self.streams.as_mut() {
+                    streams.recorded(&rooms);
+                }
+                cursor.succeeded();
+            }
             Ok(false) => return Err(End::TakenOver),
             Err(e) => {
-                warn!(error = %e, "could not record delivery; will retry");
+                warn!(error = %e, "could not record room deliveries; will retry");
                 cursor.record_failed();
             }
         }
@@ -132,19 +225,21 @@ impl<S: AsyncRead + AsyncWrite> Session<S> {
         cursor: &mut Cursor,
     ) -> Result<(), crate::store::StoreError> {
         let store = &self.node.store;
-        store.mark_expired(reg.client_id, cursor.late()).await?;
-        store.clear_deadlines(reg.client_id, cursor.kept()).await?;
-        cursor.acks_marked();
+        store.mark_expired(reg.client_id, cursor.own.late()).await?;
+        store
+            .clear_deadlines(reg.client_id, cursor.own.kept())
+            .await?;
+        cursor.own.acks_marked();
         Ok(())
     }
 
     /// Before a session the node ends, takes in the acknowledgements the client already sent, so
     /// they are recorded instead of lost (and the messages not delivered again).
-    pub(super) async fn read_last_acks(&mut self, cursor: &mut Cursor) {
+    pub(super) async fn read_last_acks(&mut self, reg: &Registration, cursor: &mut Cursor) {
         let deadline = Instant::now() + LAST_ACKS;
         while let Ok(Some(Ok(line))) = tokio::time::timeout_at(deadline, self.reader.next()).await {
             if let Ok(Command::Ack(id)) = protocol::parse_command(&line) {
-                let _ = cursor.ack(id);
+                let _ = self.ack(reg, cursor, id);
             }
         }
     }

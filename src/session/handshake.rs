@@ -4,10 +4,11 @@ use futures::StreamExt;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tracing::{info, warn};
 
 use super::Session;
 use crate::bus::{Note, Owner};
+use crate::chat::accounts;
 use crate::codec::LineError;
 use crate::protocol::{self, Identity, SessionError};
 use crate::store::Claim;
@@ -31,7 +32,26 @@ impl<S: AsyncRead + AsyncWrite> Session<S> {
             Ok(Some(Ok(line))) => line,
         };
         let hello = protocol::parse_hello(&line).inspect_err(|_| self.failed())?;
-        if let Identity::Resume(id) = hello.identity {
+        let ack = hello.ack;
+        let identity = match hello.identity {
+            Identity::Login { name, password } => {
+                // Boxed: the password check's state is large and rare.
+                match Box::pin(accounts::login(&self.node, &name, password)).await {
+                    Ok(Some(id)) => Identity::Resume(id),
+                    Ok(None) => {
+                        self.failed();
+                        info!(name = %name, "login refused");
+                        return Err(SessionError::WrongLogin);
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "MySQL unavailable during login");
+                        return Err(SessionError::Unavailable);
+                    }
+                }
+            }
+            other => other,
+        };
+        if let Identity::Resume(id) = identity {
             if self.node.admission.is_banned(id) {
                 return Err(SessionError::Banned);
             }
@@ -39,14 +59,15 @@ impl<S: AsyncRead + AsyncWrite> Session<S> {
         let store = &self.node.store;
         let node_id = &self.node.config.node_id;
         // Boxed: a connection waiting for its answer then holds only the small waiting state.
-        let claimed = match hello.identity {
+        let claimed = match identity {
             Identity::New => Box::pin(store.create_client(node_id)).await.map(Some),
             Identity::Resume(id) => Box::pin(self.node.claims.call(id))
                 .await
                 .map(|c| c.map(|claim| (id, claim))),
+            Identity::Login { .. } => unreachable!("resolved above"),
         };
         match claimed {
-            Ok(Some((id, claim))) => Ok(Some((id, claim, hello.ack))),
+            Ok(Some((id, claim))) => Ok(Some((id, claim, ack))),
             Ok(None) => {
                 self.failed();
                 Err(SessionError::UnknownClient)

@@ -13,14 +13,17 @@ use tracing::{debug, info, warn, Instrument};
 
 mod deliver;
 mod handshake;
+mod rooms;
 mod round;
 
 use crate::bus::Owner;
+use crate::chat::{self, ChatState, Ctx};
 use crate::codec::{LineCodec, LineError};
 use crate::delivery::Cursor;
 use crate::node::Node;
+use crate::protocol::chat_reply::write_help;
 use crate::protocol::{self, ByeReason, Command, Reply, SessionError};
-use crate::registry::Registration;
+use crate::registry::{Registration, Woken};
 use crate::stats;
 
 /// Socket read buffer per connection; a longer line is assembled in the codec, up to `--max-line`.
@@ -65,6 +68,9 @@ pub async fn run<S>(
             writer: write,
             out: BytesMut::new(),
             peer: peer.map(|p| p.ip()),
+            chat: None,
+            streams: None,
+            rooms_wanted: false,
             node,
         };
         session.serve(shutdown).await;
@@ -80,6 +86,12 @@ struct Session<S> {
     /// Lines rendered and not yet written.
     out: BytesMut,
     peer: Option<std::net::IpAddr>,
+    /// What the chat commands keep (made at the first one).
+    chat: Option<Box<ChatState>>,
+    /// The client's rooms (loaded once the session holds the delivery right).
+    streams: Option<Box<rooms::Streams>>,
+    /// The rooms must be loaded (again) when the session next delivers.
+    rooms_wanted: bool,
 }
 
 impl<S: AsyncRead + AsyncWrite> Session<S> {
@@ -113,15 +125,17 @@ impl<S: AsyncRead + AsyncWrite> Session<S> {
         let config = &self.node.config;
         let window = if ack { Some(config.max_inflight) } else { None };
         let mut cursor = Cursor::new(&claim, window, Instant::now() + config.handoff_timeout);
-        // First round: everything pending since the last session.
-        reg.wake.notify_one();
+        // First round: everything pending since the last session, in its own queue and rooms.
+        self.rooms_wanted = claim.rooms_version > 0;
+        reg.signals.wake_own();
         stats::session_opened();
         let end = match self.flush().await {
             Ok(()) => self.established(&reg, &mut cursor, &shutdown).await,
             Err(end) => end,
         };
         Box::pin(self.finish(&reg, &owner, &mut cursor, &end)).await;
-        stats::redelivered(cursor.sent.saturating_sub(cursor.done()));
+        let rooms = self.streams.as_ref().map_or(0, |s| s.outstanding());
+        stats::redelivered(cursor.own.outstanding() + rooms);
         stats::session_closed();
     }
 
@@ -144,10 +158,14 @@ impl<S: AsyncRead + AsyncWrite> Session<S> {
                 // The handlers are boxed: an idle session then keeps only the small waiting state
                 // in memory, not the largest handler's (thousands of idle sessions per node).
                 line = self.reader.next() => Box::pin(self.on_line(line, reg, cursor)).await,
-                _ = reg.wake.notified() => Box::pin(self.deliver(reg, cursor)).await.err(),
+                _ = reg.signals.notified() => {
+                    let woken = reg.signals.take();
+                    Box::pin(self.deliver(reg, cursor, woken)).await.err()
+                }
                 _ = sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => {
                     cursor.retry_at = None;
-                    Box::pin(self.deliver(reg, cursor)).await.err()
+                    let everything = Woken { own: true, all_rooms: true, ..Woken::default() };
+                    Box::pin(self.deliver(reg, cursor, everything)).await.err()
                 }
                 _ = sleep_until(record_at.unwrap_or_else(Instant::now)), if record_at.is_some() => {
                     Box::pin(self.record(reg, cursor)).await.err()
@@ -178,27 +196,39 @@ impl<S: AsyncRead + AsyncWrite> Session<S> {
         match protocol::parse_command(&line) {
             Ok(Command::Empty) => return None,
             Ok(Command::Ping) => self.out_reply(Reply::Pong),
+            Ok(Command::Help) => write_help(&mut self.out),
             Ok(Command::Disconnect) => {
                 self.out_reply(Reply::Bye(ByeReason::Disconnect));
                 let _ = self.flush_within(BYE_TIMEOUT).await;
                 return Some(End::Disconnect);
             }
-            Ok(Command::Ack(id)) => match cursor.ack(id) {
-                Ok(window_opened) => {
-                    stats::acknowledged();
-                    if window_opened {
-                        reg.wake.notify_one();
-                    }
-                    return None;
-                }
+            Ok(Command::Ack(id)) => match self.ack(reg, cursor, id) {
+                Ok(()) => return None,
                 Err(e) => self.out_reply(Reply::Error(&e)),
             },
+            Ok(Command::Chat(cmd)) => {
+                let send_rate = self.node.config.chat.send_rate;
+                let state = self
+                    .chat
+                    .get_or_insert_with(|| Box::new(ChatState::new(send_rate)));
+                let mut ctx = Ctx {
+                    node: &self.node,
+                    me: reg.client_id,
+                    ack: cursor.acknowledged(),
+                    signals: &reg.signals,
+                    state,
+                    out: &mut self.out,
+                };
+                if let Err(e) = chat::apply(&mut ctx, cmd).await {
+                    self.out_reply(Reply::Error(&e));
+                }
+            }
             Err(e) => self.out_reply(Reply::Error(&e)),
         }
         self.flush().await.err()
     }
 
-    /// Cleanup, in one place: goodbye line, final cursor, registry, Redis lease.
+    /// Cleanup, in one place: goodbye line, final cursors, registry, hub, Redis lease.
     async fn finish(&mut self, reg: &Registration, owner: &Owner, cursor: &mut Cursor, end: &End) {
         let reason = match end {
             End::Shutdown => Some(ByeReason::Shutdown),
@@ -208,22 +238,34 @@ impl<S: AsyncRead + AsyncWrite> Session<S> {
         };
         if let Some(reason) = reason {
             if cursor.acknowledged() {
-                self.read_last_acks(cursor).await;
+                self.read_last_acks(reg, cursor).await;
             }
             self.out_reply(Reply::Bye(reason));
             let _ = self.flush_within(BYE_TIMEOUT).await;
         }
         let _ = self.writer.shutdown().await;
         self.node.registry.unregister(reg.client_id, reg.epoch);
+        self.leave_rooms(reg);
         if cursor.holding {
             if let Err(e) = self.mark_acks(reg, cursor).await {
                 warn!(error = %e, "could not record acknowledgements against deadlines");
             }
-            let done = cursor.done();
+            let done = cursor.own.done();
+            let rooms = self
+                .streams
+                .as_ref()
+                .map(|s| s.unrecorded())
+                .unwrap_or_default();
             if let Err(e) = self
                 .node
                 .store
-                .release_client(reg.client_id, reg.epoch, done, cursor.acknowledged())
+                .release_client(
+                    reg.client_id,
+                    reg.epoch,
+                    done,
+                    cursor.acknowledged(),
+                    &rooms,
+                )
                 .await
             {
                 warn!(error = %e, done,
@@ -255,6 +297,9 @@ impl<S: AsyncRead + AsyncWrite> Session<S> {
 
     /// Writes every rendered line, within `limit`.
     async fn flush_within(&mut self, limit: Duration) -> Result<(), End> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
         let result = timeout(limit, self.writer.write_all(&self.out)).await;
         self.out.clear();
         if self.out.capacity() > 64 * 1024 {

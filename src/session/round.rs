@@ -47,11 +47,11 @@ pub async fn take(
         more: false,
         failed: false,
     };
-    let mut after = cursor.sent;
+    let mut after = cursor.own.sent;
     let mut written = 0;
     let mut run = 0u64;
     for _ in 0..MAX_DROPPED_PAGES {
-        let room = cursor.room(page).saturating_sub(written);
+        let room = cursor.own.room(page).saturating_sub(written);
         if room == 0 {
             break;
         }

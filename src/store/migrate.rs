@@ -27,6 +27,7 @@ const MIGRATIONS: &[(u32, &str, &str)] = &[
         "0006_holders",
         include_str!("../../sql/0006_holders.sql"),
     ),
+    (7, "0007_chat", include_str!("../../sql/0007_chat.sql")),
 ];
 
 /// Creates the database if needed, then applies pending migrations under a named lock,

@@ -8,19 +8,29 @@ use mysql_async::{Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts};
 
 use crate::ClientId;
 
+mod accounts;
 mod admin;
+mod history;
 mod liveness;
 mod migrate;
+mod people;
+mod posts;
 mod queue;
 mod retention;
+mod rooms;
 mod sessions;
 mod status;
 
 pub use status::{MessageState, MessageStatus};
 
+pub use accounts::{Person, Registered};
 pub use admin::{Backlog, BanRow, ClientInfo, MAX_BANS};
+pub use history::{ChatListRow, ReadState};
 pub use liveness::{Kept, NodeLock};
+pub use people::Listed;
+pub use posts::{NewPost, PostRefused, PostedRow, RoomFetch, RoomMessage};
 pub use retention::Purge;
+pub use rooms::{Created, Joined, Membership, Opened, RoomInfo, RoomKind};
 
 /// Bound on one statement's round trip, so a hung server cannot hang a session forever.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -77,6 +87,8 @@ pub struct Claim {
     pub delivered_seq: u64,
     /// Whether the session already holds the delivery right (a new client does).
     pub holding: bool,
+    /// The client's rooms version: 0 when it never was in a room (nothing to load).
+    pub rooms_version: u64,
 }
 
 /// One pending message.
@@ -164,6 +176,8 @@ pub struct SweepRow {
     pub has_pending: bool,
     /// How many messages are pending.
     pub pending: u64,
+    /// The client's rooms version (its session loads its rooms again when this is newer).
+    pub rooms_version: u64,
 }
 
 /// The MySQL connection pool and the queries on it.

@@ -12,7 +12,9 @@ use crate::ClientId;
 impl Store {
     /// The auto-increment step when one multi-row INSERT gets consecutive ids, else 0. Asked in
     /// every batch transaction: a failover may bring a server with other settings.
-    async fn id_step(tx: &mut mysql_async::Transaction<'_>) -> Result<u64, mysql_async::Error> {
+    pub(super) async fn id_step(
+        tx: &mut mysql_async::Transaction<'_>,
+    ) -> Result<u64, mysql_async::Error> {
         let row: Option<(u64, u64)> = tx
             .query_first("SELECT @@innodb_autoinc_lock_mode, @@auto_increment_increment")
             .await?;
@@ -20,6 +22,43 @@ impl Store {
             Some((mode, step)) if mode <= 1 => step,
             _ => 0,
         })
+    }
+
+    /// The ids of the rows a multi-row `INSERT` into `messages` just made, in the order of
+    /// `keys` (queue id, seq): computed from `LAST_INSERT_ID` when they are consecutive (`step`,
+    /// see `id_step`), else read back.
+    pub(super) async fn inserted_ids(
+        tx: &mut mysql_async::Transaction<'_>,
+        step: u64,
+        keys: &[([u8; 16], u64)],
+    ) -> Result<Vec<u64>, mysql_async::Error> {
+        if step > 0 {
+            let first = tx.last_insert_id().unwrap_or_default();
+            return Ok((0..keys.len() as u64).map(|i| first + i * step).collect());
+        }
+        let list = keys
+            .iter()
+            .map(|(queue, seq)| format!("(X'{}', {seq})", hex(queue)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let found: Vec<(Vec<u8>, u64, u64)> = tx
+            .query(format!(
+                "SELECT client_id, seq, id FROM messages WHERE (client_id, seq) IN ({list})"
+            ))
+            .await?;
+        let found: HashMap<(Vec<u8>, u64), u64> = found
+            .into_iter()
+            .map(|(queue, seq, id)| ((queue, seq), id))
+            .collect();
+        Ok(keys
+            .iter()
+            .map(|(queue, seq)| {
+                found
+                    .get(&(queue.to_vec(), *seq))
+                    .copied()
+                    .unwrap_or_default()
+            })
+            .collect())
     }
 
     /// Appends `body` to the client's queue in one transaction. `None` when the client does not exist.
@@ -226,27 +265,11 @@ impl Store {
                     params,
                 )
                 .await?;
-                if step > 0 {
-                    let first = tx.last_insert_id().unwrap_or_default();
-                    for (i, (m, seq)) in chunk.iter().enumerate() {
-                        ids_by_key.insert((m.client, *seq), first + i as u64 * step);
-                    }
-                    continue;
-                }
-                let keys = chunk
-                    .iter()
-                    .map(|(m, seq)| format!("(X'{}', {seq})", hex(m.client.as_bytes())))
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                let found: Vec<(Vec<u8>, u64, u64)> = tx
-                    .query(format!(
-                        "SELECT client_id, seq, id FROM messages WHERE (client_id, seq) IN ({keys})"
-                    ))
-                    .await?;
-                for (client, seq, id) in found {
-                    if let Some(client) = ClientId::from_slice(&client) {
-                        ids_by_key.insert((client, seq), id);
-                    }
+                let keys: Vec<([u8; 16], u64)> =
+                    chunk.iter().map(|(m, seq)| (*m.client.as_bytes(), *seq)).collect();
+                let ids = Store::inserted_ids(&mut tx, step, &keys).await?;
+                for ((m, seq), id) in chunk.iter().zip(ids) {
+                    ids_by_key.insert((m.client, *seq), id);
                 }
             }
             let mut replaced: HashMap<usize, u64> = HashMap::new();

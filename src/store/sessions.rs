@@ -9,7 +9,7 @@ use super::liveness::node_lock;
 use super::{
     case_arms, hex, hex_list, Acquire, Claim, Fetch, Pending, Store, StoreError, SweepRow,
 };
-use crate::ClientId;
+use crate::{ClientId, RoomId};
 
 /// The columns of a pending-message read after `client_id`: seq, id, body (empty once dropped),
 /// whether it was dropped, microseconds to its expiry, enqueue time in microseconds.
@@ -62,6 +62,7 @@ impl Store {
                 epoch: 1,
                 delivered_seq: 0,
                 holding: true,
+                rooms_version: 0,
             },
         ))
     }
@@ -90,14 +91,16 @@ impl Store {
             )
             .await?;
             // Our own writes, under our row locks: each client's new epoch.
-            let epochs: Vec<(Vec<u8>, u64)> = tx
-                .query(format!("SELECT id, session_epoch FROM clients WHERE id IN ({list})"))
+            let epochs: Vec<(Vec<u8>, u64, u64)> = tx
+                .query(format!(
+                    "SELECT id, session_epoch, rooms_version FROM clients WHERE id IN ({list})"
+                ))
                 .await?;
             if epochs.is_empty() {
                 tx.rollback().await?;
                 return Ok(vec![None; ids.len()]);
             }
-            let cases = case_arms(epochs.iter().map(|(id, epoch)| (&id[..], *epoch)));
+            let cases = case_arms(epochs.iter().map(|(id, epoch, _)| (&id[..], *epoch)));
             tx.exec_drop(
                 format!(
                     "UPDATE cursors SET holder_epoch = CASE client_id{cases} END, holder_node = ? \
@@ -112,7 +115,10 @@ impl Store {
                 ))
                 .await?;
             tx.commit().await?;
-            let epochs: HashMap<Vec<u8>, u64> = epochs.into_iter().collect();
+            let epochs: HashMap<Vec<u8>, (u64, u64)> = epochs
+                .into_iter()
+                .map(|(id, epoch, version)| (id, (epoch, version)))
+                .collect();
             let cursors: HashMap<Vec<u8>, (u64, Option<u64>)> = cursors
                 .into_iter()
                 .map(|(id, seq, holder)| (id, (seq, holder)))
@@ -121,12 +127,13 @@ impl Store {
                 .iter()
                 .map(|id| {
                     let key = &id.as_bytes()[..];
-                    let epoch = *epochs.get(key)?;
+                    let (epoch, rooms_version) = *epochs.get(key)?;
                     let (delivered_seq, holder) = *cursors.get(key)?;
                     Some(Claim {
                         epoch,
                         delivered_seq,
                         holding: holder == Some(epoch),
+                        rooms_version,
                     })
                 })
                 .collect())
@@ -380,18 +387,30 @@ impl Store {
         .await
     }
 
-    /// Ends session `epoch`'s delivery right, recording its final cursor, so that the next session
-    /// starts right after it. A no-op for a session that does not hold the right.
+    /// Ends session `epoch`'s delivery right, recording its final cursors (its own queue's and
+    /// its rooms'), so that the next session starts right after them. A no-op for a session that
+    /// does not hold the right.
     pub async fn release_client(
         &self,
         id: ClientId,
         epoch: u64,
         delivered_seq: u64,
         acked: bool,
+        rooms: &[(RoomId, u64)],
     ) -> Result<(), StoreError> {
         self.timed(async {
             let mut conn = self.pool.get_conn().await?;
             let mut tx = conn.start_transaction(TxOpts::default()).await?;
+            // The rooms first, while the right is still held (the update checks it per row).
+            for (room, seq) in rooms {
+                tx.exec_drop(
+                    "UPDATE members m JOIN cursors d ON d.client_id = m.client_id \
+                     SET m.delivered_seq = GREATEST(m.delivered_seq, ?) \
+                     WHERE m.client_id = ? AND m.room_id = ? AND d.holder_epoch = ?",
+                    (seq, &id.as_bytes()[..], &room.as_bytes()[..], epoch),
+                )
+                .await?;
+            }
             tx.exec_drop(
                 "UPDATE cursors SET delivered_seq = GREATEST(delivered_seq, ?), holder_epoch = NULL, \
                  holder_node = NULL WHERE client_id = ? AND holder_epoch = ?",
@@ -415,10 +434,10 @@ impl Store {
     pub async fn sweep(&self, ids: &[ClientId]) -> Result<Vec<SweepRow>, StoreError> {
         let list = hex_list(ids);
         let sql = format!(
-            "SELECT c.id, c.session_epoch, GREATEST(c.last_seq, d.delivered_seq) - d.delivered_seq \
-             FROM clients c JOIN cursors d ON d.client_id = c.id WHERE c.id IN ({list})"
+            "SELECT c.id, c.session_epoch, GREATEST(c.last_seq, d.delivered_seq) - d.delivered_seq, \
+             c.rooms_version FROM clients c JOIN cursors d ON d.client_id = c.id WHERE c.id IN ({list})"
         );
-        let rows: Vec<(Vec<u8>, u64, u64)> = self
+        let rows: Vec<(Vec<u8>, u64, u64, u64)> = self
             .timed(async {
                 let mut conn = self.pool.get_conn().await?;
                 conn.query(sql).await
@@ -426,12 +445,13 @@ impl Store {
             .await?;
         Ok(rows
             .into_iter()
-            .filter_map(|(id, epoch, pending)| {
+            .filter_map(|(id, epoch, pending, rooms_version)| {
                 Some(SweepRow {
                     client_id: ClientId::from_slice(&id)?,
                     epoch,
                     has_pending: pending > 0,
                     pending,
+                    rooms_version,
                 })
             })
             .collect())

@@ -6,6 +6,7 @@ mod support;
 mod ack;
 mod admin;
 mod batch;
+mod chat;
 mod cluster;
 mod config;
 mod enqueue_args;

@@ -12,6 +12,7 @@ use chat::config::ServiceUrls;
 use chat::enqueue;
 
 const USAGE: &str = "chat-enqueue [OPTIONS] <CLIENT_ID>[,<CLIENT_ID>...] <TEXT>...
+       chat-enqueue [OPTIONS] --room <ROOM> <TEXT>...
        chat-enqueue [OPTIONS] --stdin
        chat-enqueue [--database-url <URL>] [--redis-url <URL>] status [--json] <MESSAGE_ID>...";
 
@@ -59,6 +60,11 @@ pub struct Args {
     /// Replaces the client's still-pending messages with this key (delivered ones are kept).
     #[arg(long, value_name = "KEY")]
     pub collapse_key: Option<String>,
+    /// Post to this public or invite-only room (`#` optional) instead of a client's queue: every
+    /// word is text, shown in the room as from `*`.
+    #[arg(long, value_name = "ROOM",
+          conflicts_with_all = ["stdin", "wait", "ttl", "dedupe_key", "collapse_key"])]
+    pub room: Option<String>,
     /// Read `<client_id><TAB><text>` lines from stdin, one message each, stored in batches.
     #[arg(long, conflicts_with_all = ["words", "wait", "dedupe_key", "collapse_key"])]
     pub stdin: bool,
@@ -144,7 +150,7 @@ fn try_parse_from(argv: impl IntoIterator<Item = impl Into<OsString> + Clone>) -
     if let Some(word) = args
         .words
         .first()
-        .filter(|w| w.len() > 1 && w.starts_with('-'))
+        .filter(|w| w.len() > 1 && w.starts_with('-') && args.room.is_none())
     {
         return Err(cmd.error(
             ErrorKind::UnknownArgument,
@@ -191,6 +197,14 @@ mod tests {
             panic!("no status: {args:?}");
         };
         assert_eq!(status.ids, [7]);
+    }
+
+    #[test]
+    fn with_a_room_every_word_is_text() {
+        let args = parse_from(&["--room", "#general", "-x", "hello"]).unwrap();
+        assert_eq!(args.room.as_deref(), Some("#general"));
+        assert_eq!(args.words, ["-x", "hello"]);
+        assert!(parse_from(&["--room", "general", "--ttl", "5", "hi"]).is_err());
     }
 
     #[test]

@@ -73,6 +73,9 @@ async fn status(urls: &ServiceUrls, args: StatusArgs) -> ExitCode {
 }
 
 async fn enqueue(args: Args) -> ExitCode {
+    if let Some(room) = &args.room {
+        return to_room(&args, room).await;
+    }
     let options = MessageOptions {
         ttl: args.ttl,
         dedupe_key: args.dedupe_key.clone(),
@@ -228,5 +231,38 @@ fn note(id: u64, duplicate: bool, replaced: u64, args: &Args) {
     if replaced > 0 {
         eprintln!("chat-enqueue: note: message {id} replaced {replaced} pending message(s) with collapse key {:?}",
             args.collapse_key.as_deref().unwrap_or_default());
+    }
+}
+
+/// `--room`: posts the words as one message to a room; prints its id.
+async fn to_room(args: &Args, room: &str) -> ExitCode {
+    let text = args.words.join(" ");
+    if let Err(e) = enqueue::validate(&text, args.max_bytes) {
+        return fail(EXIT_INVALID, e);
+    }
+    let (store, bus, bus_error) = match connect(&args.urls).await {
+        Ok(connected) => connected,
+        Err(code) => return code,
+    };
+    let enqueuer = Enqueuer::new(store, bus, args.max_bytes);
+    let posted = enqueuer.post_to_room(room, &text).await;
+    enqueuer.close().await;
+    match posted {
+        Ok((id, notified)) => {
+            println!("{id}");
+            let redis = bus_error.or_else(|| notified.err().map(|e| e.to_string()));
+            if let Some(e) = redis {
+                eprintln!(
+                    "chat-enqueue: warning: Redis at {} failed ({e}); the post is stored and \
+                     reaches the members by their nodes' sweep or when they next connect",
+                    redact_url(&args.urls.redis_url)
+                );
+            }
+            ExitCode::from(EXIT_OK)
+        }
+        Err(EnqueueError::Invalid(e)) => fail(EXIT_INVALID, e),
+        Err(e @ EnqueueError::UnknownRoom(_)) => fail(EXIT_UNKNOWN, e),
+        Err(EnqueueError::Store(e)) => store_failure(STORE_FAILED, &args.urls, e),
+        Err(e) => fail(EXIT_INVALID, e),
     }
 }

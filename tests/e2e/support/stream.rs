@@ -120,7 +120,25 @@ pub fn receive(
     expected: u64,
     limit: Duration,
 ) -> JoinHandle<Record> {
-    follow(id, ack, nodes, expected, limit, false)
+    follow(id, ack, nodes, expected, limit, false, plain_number)
+}
+
+/// Like `receive`, with `number` reading a message's number from its text (a room post's text
+/// carries its room and sender before the number).
+pub fn receive_parsed(
+    id: String,
+    ack: bool,
+    nodes: Nodes,
+    expected: u64,
+    limit: Duration,
+    number: fn(&str) -> Option<u64>,
+) -> JoinHandle<Record> {
+    follow(id, ack, nodes, expected, limit, false, number)
+}
+
+/// The number a producer's message is.
+fn plain_number(text: &str) -> Option<u64> {
+    text.parse().ok()
 }
 
 /// Like `receive`, but at the deadline the connection stays open, unread (`Record::open`).
@@ -131,7 +149,7 @@ pub fn receive_lingering(
     expected: u64,
     limit: Duration,
 ) -> JoinHandle<Record> {
-    follow(id, ack, nodes, expected, limit, true)
+    follow(id, ack, nodes, expected, limit, true, plain_number)
 }
 
 fn follow(
@@ -141,6 +159,7 @@ fn follow(
     expected: u64,
     limit: Duration,
     linger: bool,
+    number: fn(&str) -> Option<u64>,
 ) -> JoinHandle<Record> {
     thread::spawn(move || {
         let deadline = Instant::now() + limit;
@@ -184,7 +203,8 @@ fn follow(
                     break line;
                 };
                 let (msg_id, text) = rest.split_once(": ").expect("MESSAGE line");
-                let n: u64 = text.parse().expect("numbered message");
+                let n: u64 =
+                    number(text).unwrap_or_else(|| panic!("not a numbered message: {line}"));
                 session.push(n);
                 last_seen |= n + 1 == expected;
                 if ack {

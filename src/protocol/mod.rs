@@ -1,10 +1,22 @@
 //! The wire protocol's meaning: client lines parsed into commands, replies rendered as lines (all wire text lives here).
+//!
+//! - this module: the handshake, the core commands (`PING`, `DISCONNECT`, `ACK`, `HELP`) and the
+//!   core replies;
+//! - [`names`]: people, rooms and private rooms as written on the wire;
+//! - [`chat`]: the chat commands and their syntax errors; [`chat_reply`]: the chat replies, the
+//!   errors of chat commands and `HELP`.
 
 use std::fmt;
 
 use bytes::{BufMut, BytesMut};
 
 use crate::ClientId;
+
+pub mod chat;
+pub mod chat_reply;
+pub mod names;
+
+pub use chat::{ChatCommand, ChatSyntax};
 
 /// Line terminator the node sends (telnet expects CRLF).
 pub const EOL: &[u8] = b"\r\n";
@@ -13,16 +25,19 @@ pub const EOL: &[u8] = b"\r\n";
 const ECHO_LIMIT: usize = 32;
 
 /// Who the client says it is in its answer to `GET_CLIENT_ID`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Identity {
     /// `NONE`: a new client, give it an id.
     New,
     /// `<id>`: an existing client resuming its queue.
     Resume(ClientId),
+    /// `LOGIN <name> <password>`: the client that registered this name.
+    Login { name: names::Name, password: String },
 }
 
-/// The client's answer to `GET_CLIENT_ID`: `NONE` or an id, optionally followed by `ACK`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The client's answer to `GET_CLIENT_ID`: `NONE`, an id or `LOGIN <name> <password>`, optionally
+/// followed by `ACK`.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hello {
     pub identity: Identity,
     /// Acknowledged mode: messages carry their id and count as delivered only once acknowledged.
@@ -38,10 +53,12 @@ pub enum HelloError {
     Malformed(Echo),
     #[error("unknown mode {0} (expected ACK or nothing)")]
     UnknownMode(Echo),
+    #[error("usage: LOGIN <name> <password> [ACK]")]
+    LoginSyntax,
 }
 
 /// A command a client sends once its session is established.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     /// `PING`: answered with `PONG`.
     Ping,
@@ -49,8 +66,12 @@ pub enum Command {
     Disconnect,
     /// `ACK <message_id>`: the client has the message (acknowledged mode).
     Ack(u64),
+    /// `HELP`: the commands a person can type.
+    Help,
     /// An empty line: ignored.
     Empty,
+    /// A chat command (accounts, direct messages, rooms, history).
+    Chat(ChatCommand),
 }
 
 /// Why a session line was refused (the session stays open).
@@ -62,6 +83,8 @@ pub enum CommandError {
     ExtraArguments(&'static str),
     #[error("ACK needs one message id, as in ACK 42")]
     AckSyntax,
+    #[error(transparent)]
+    Chat(#[from] ChatSyntax),
 }
 
 /// A short, printable, quoted copy of client input, safe to echo in an error line: control
@@ -70,7 +93,8 @@ pub enum CommandError {
 pub struct Echo(String);
 
 impl Echo {
-    fn of(raw: &[u8]) -> Echo {
+    /// A safe copy of `raw` for an error line.
+    pub fn of(raw: &[u8]) -> Echo {
         let text = String::from_utf8_lossy(raw);
         let mut out = String::with_capacity(ECHO_LIMIT + 2);
         for (i, c) in text.chars().enumerate() {
@@ -91,8 +115,8 @@ impl fmt::Display for Echo {
     }
 }
 
-/// Parses the answer to `GET_CLIENT_ID`: `NONE` or a client id, then optionally `ACK`;
-/// case-insensitive, blanks around words ignored.
+/// Parses the answer to `GET_CLIENT_ID`: `NONE`, a client id or `LOGIN <name> <password>`, then
+/// optionally `ACK`; case-insensitive (but the password), blanks around words ignored.
 pub fn parse_hello(line: &[u8]) -> Result<Hello, HelloError> {
     let mut words = words(line);
     let Some(who) = words.next() else {
@@ -100,6 +124,16 @@ pub fn parse_hello(line: &[u8]) -> Result<Hello, HelloError> {
     };
     let identity = if who.eq_ignore_ascii_case(b"NONE") {
         Identity::New
+    } else if who.eq_ignore_ascii_case(b"LOGIN") {
+        let (Some(name), Some(password)) = (words.next(), words.next()) else {
+            return Err(HelloError::LoginSyntax);
+        };
+        // A name that breaks the rules cannot have registered: the same refusal as a wrong password.
+        let name = names::Name::parse(name).map_err(|_| HelloError::LoginSyntax)?;
+        Identity::Login {
+            name,
+            password: String::from_utf8_lossy(password).into_owned(),
+        }
     } else {
         std::str::from_utf8(who)
             .ok()
@@ -107,17 +141,37 @@ pub fn parse_hello(line: &[u8]) -> Result<Hello, HelloError> {
             .map(Identity::Resume)
             .ok_or_else(|| HelloError::Malformed(Echo::of(trim(line))))?
     };
+    let login = matches!(identity, Identity::Login { .. });
     let ack = match (words.next(), words.next()) {
         (None, _) => false,
         (Some(mode), None) if mode.eq_ignore_ascii_case(b"ACK") => true,
+        (Some(_), _) if login => return Err(HelloError::LoginSyntax),
         (Some(mode), _) => return Err(HelloError::UnknownMode(Echo::of(mode))),
     };
     Ok(Hello { identity, ack })
 }
 
-fn words(line: &[u8]) -> impl Iterator<Item = &[u8]> {
-    line.split(|b| b.is_ascii_whitespace())
-        .filter(|w| !w.is_empty())
+/// The blank-separated words of a line.
+pub(crate) fn words(line: &[u8]) -> Words<'_> {
+    Words(line)
+}
+
+/// Iterator over the words of a line (split on ASCII blanks).
+pub(crate) struct Words<'a>(&'a [u8]);
+
+impl<'a> Iterator for Words<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let start = self.0.iter().position(|b| !b.is_ascii_whitespace())?;
+        let rest = &self.0[start..];
+        let end = rest
+            .iter()
+            .position(|b| b.is_ascii_whitespace())
+            .unwrap_or(rest.len());
+        self.0 = &rest[end..];
+        Some(&rest[..end])
+    }
 }
 
 /// Parses one line of an established session.
@@ -130,6 +184,8 @@ pub fn parse_command(line: &[u8]) -> Result<Command, CommandError> {
         (Command::Ping, "PING")
     } else if verb.eq_ignore_ascii_case(b"DISCONNECT") {
         (Command::Disconnect, "DISCONNECT")
+    } else if verb.eq_ignore_ascii_case(b"HELP") {
+        (Command::Help, "HELP")
     } else if verb.eq_ignore_ascii_case(b"ACK") {
         let id = words
             .next()
@@ -137,7 +193,13 @@ pub fn parse_command(line: &[u8]) -> Result<Command, CommandError> {
             .ok_or(CommandError::AckSyntax)?;
         (Command::Ack(id), "ACK")
     } else {
-        return Err(CommandError::Unknown(Echo::of(verb)));
+        let upper = std::str::from_utf8(verb)
+            .map(str::to_ascii_uppercase)
+            .unwrap_or_default();
+        return match chat::parse(&upper, line) {
+            Some(parsed) => Ok(Command::Chat(parsed?)),
+            None => Err(CommandError::Unknown(Echo::of(verb))),
+        };
     };
     match words.next() {
         None => Ok(command),
@@ -146,7 +208,7 @@ pub fn parse_command(line: &[u8]) -> Result<Command, CommandError> {
     }
 }
 
-fn trim(line: &[u8]) -> &[u8] {
+pub(crate) fn trim(line: &[u8]) -> &[u8] {
     let start = line
         .iter()
         .position(|b| !b.is_ascii_whitespace())
@@ -248,7 +310,7 @@ impl Reply<'_> {
 
 /// Appends a message body that cannot break out of its line: enqueue refuses CR and LF, and a body
 /// that reached the database some other way has them replaced by spaces here.
-fn put_one_line(buf: &mut BytesMut, body: &[u8]) {
+pub(crate) fn put_one_line(buf: &mut BytesMut, body: &[u8]) {
     if !body.iter().any(|b| matches!(b, b'\r' | b'\n')) {
         buf.put_slice(body);
         return;
@@ -264,6 +326,8 @@ fn put_one_line(buf: &mut BytesMut, body: &[u8]) {
 pub enum SessionError {
     #[error("unknown client id")]
     UnknownClient,
+    #[error("wrong name or password")]
+    WrongLogin,
     #[error("line too long (limit {0} bytes)")]
     LineTooLong(usize),
     #[error("handshake timed out after {0} s")]
@@ -325,6 +389,26 @@ mod tests {
     }
 
     #[test]
+    fn hello_takes_a_login() {
+        let hello = parse_hello(b"login Alice s3cret-pass ACK").unwrap();
+        assert!(hello.ack);
+        match hello.identity {
+            Identity::Login { name, password } => {
+                assert_eq!((name.as_str(), password.as_str()), ("Alice", "s3cret-pass"));
+            }
+            other => panic!("{other:?}"),
+        }
+        for bad in [
+            &b"LOGIN"[..],
+            b"LOGIN alice",
+            b"LOGIN alice pw extra",
+            b"LOGIN 9x pw",
+        ] {
+            assert_eq!(parse_hello(bad), Err(HelloError::LoginSyntax), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn hello_rejects_junk_with_a_safe_echo() {
         let err = parse_hello(b"hello\x1b[2J\"").unwrap_err();
         assert_eq!(err.to_string(), "malformed client id \"hello?[2J?\"");
@@ -351,6 +435,7 @@ mod tests {
             parse_command(b"HELLO there").unwrap_err().to_string(),
             "unknown command \"HELLO\""
         );
+        assert_eq!(parse_command(b"help"), Ok(Command::Help));
     }
 
     #[test]

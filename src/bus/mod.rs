@@ -4,9 +4,12 @@
 //! - `chat:owner:{<client_id>}` = `<node_id>|<epoch>`, with a TTL (the lease), renewed while the
 //!   session lives and deleted when it ends (only by the session that wrote it).
 //! - `chat:alive:<node_id>`: present while the node lives (a heartbeat with a short TTL).
-//! - `chat:node:<node_id>`: the channel a node subscribes to. Payloads are
-//!   `wake <client_id> [<client_id>...]` (new messages are committed for those clients) and `kick <client_id> <epoch>` (a newer session
-//!   with that epoch took the client over).
+//! - `chat:node:<node_id>`: the channel a node subscribes to. Payloads ([`Note`]) are
+//!   `wake <client_id> [<client_id>...]` (new messages are committed for those clients),
+//!   `kick <client_id> <epoch>` (a newer session with that epoch took the client over) and `post`
+//!   (a message in a private room, addressed to one client).
+//! - `chat:room:{<room>}`: a group room's channel; the nodes with a member of the room listen to
+//!   it. Payload: `post` with the committed message (see [`notes`]).
 //! - `chat:bans`: a channel every node subscribes to; a message (any payload) means "the bans
 //!   table in MySQL changed: load it now".
 //!
@@ -19,7 +22,11 @@ use futures::{Stream, StreamExt};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
 
-use crate::ClientId;
+mod notes;
+
+pub use notes::{Note, Post, WAKE_CHUNK};
+
+use crate::{ClientId, RoomId};
 
 /// Bound on one Redis round trip.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -64,53 +71,6 @@ pub enum BusError {
     Redis(#[from] redis::RedisError),
 }
 
-/// Most client ids in one `wake` notification.
-const WAKE_CHUNK: usize = 500;
-
-/// A notification received on this node's channel.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Note {
-    /// Messages were committed for these clients.
-    Wake(Vec<ClientId>),
-    /// A session with this epoch took the client over.
-    Kick(ClientId, u64),
-}
-
-impl Note {
-    fn encode(&self) -> String {
-        match self {
-            Note::Wake(ids) => {
-                let mut out = String::with_capacity(5 + ids.len() * 37);
-                out.push_str("wake");
-                for id in ids {
-                    out.push(' ');
-                    out.push_str(&id.to_string());
-                }
-                out
-            }
-            Note::Kick(id, epoch) => format!("kick {id} {epoch}"),
-        }
-    }
-
-    /// Parses a channel payload; `None` for anything malformed.
-    pub fn decode(payload: &str) -> Option<Note> {
-        let mut words = payload.split(' ');
-        match words.next()? {
-            "wake" => {
-                let ids = words
-                    .map(|w| w.parse().ok())
-                    .collect::<Option<Vec<ClientId>>>()?;
-                (!ids.is_empty()).then_some(Note::Wake(ids))
-            }
-            "kick" => {
-                let note = Note::Kick(words.next()?.parse().ok()?, words.next()?.parse().ok()?);
-                words.next().is_none().then_some(note)
-            }
-            _ => None,
-        }
-    }
-}
-
 /// The owner of a client as the lease key says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Owner {
@@ -144,6 +104,25 @@ fn owner_key(id: ClientId) -> String {
 /// The channel node `node` listens on.
 pub fn node_channel(node: &str) -> String {
     format!("chat:node:{node}")
+}
+
+/// The channel of a group room; the hash tag keeps it in one slot (sharded pub/sub ready).
+pub fn room_channel(room: RoomId) -> String {
+    format!("chat:room:{{{}}}", room.simple())
+}
+
+/// The room a room channel is for.
+fn channel_room(channel: &str) -> Option<RoomId> {
+    RoomId::parse_simple(channel.strip_prefix("chat:room:{")?.strip_suffix('}')?)
+}
+
+/// Where a notification came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum From {
+    /// This node's channel.
+    Node,
+    /// A group room's channel.
+    Room(RoomId),
 }
 
 /// The channel that tells every node to reload the cluster-wide bans from MySQL.
@@ -381,18 +360,71 @@ impl Bus {
         Ok(held)
     }
 
-    /// Subscribes to `node`'s channel; the stream ends when the subscription's connection drops.
+    /// Publishes a post on its room's channel (a group room: the nodes with members listen);
+    /// returns how many nodes got it. Call only after the commit.
+    pub async fn publish_room(&self, post: &Note, room: RoomId) -> Result<u64, BusError> {
+        let mut conn = self.conn.clone();
+        timed(
+            RESPONSE_TIMEOUT,
+            conn.publish(room_channel(room), post.encode()),
+        )
+        .await
+    }
+
+    /// Sends a post addressed to `to` (a private room's member) to the node holding `to`, if any.
+    /// Call only after the commit.
+    pub async fn send_post(&self, to: ClientId, post: &Note) -> Result<bool, BusError> {
+        match self.owner(to).await? {
+            Some(owner) => {
+                let mut conn = self.conn.clone();
+                let got: u64 = timed(
+                    RESPONSE_TIMEOUT,
+                    conn.publish(node_channel(&owner.node), post.encode()),
+                )
+                .await?;
+                Ok(got > 0)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Subscribes to `node`'s channel. Returns the handle that subscribes to room channels on the
+    /// same connection, and the notifications of both; the stream ends when the connection drops.
     pub async fn subscribe(
         &self,
         node: &str,
-    ) -> Result<impl Stream<Item = Option<Note>>, BusError> {
-        let mut pubsub = timed(CONNECT_TIMEOUT, self.client.get_async_pubsub()).await?;
-        timed(RESPONSE_TIMEOUT, pubsub.subscribe(node_channel(node))).await?;
-        Ok(pubsub.into_on_message().map(|msg| {
-            msg.get_payload::<String>()
-                .ok()
-                .and_then(|p| Note::decode(&p))
-        }))
+    ) -> Result<(Listener, impl Stream<Item = (From, Option<Note>)>), BusError> {
+        let pubsub = timed(CONNECT_TIMEOUT, self.client.get_async_pubsub()).await?;
+        let (mut sink, stream) = pubsub.split();
+        timed(RESPONSE_TIMEOUT, sink.subscribe(node_channel(node))).await?;
+        let notes = stream.map(|msg| {
+            let from = channel_room(msg.get_channel_name()).map_or(From::Node, From::Room);
+            (from, Note::decode(msg.get_payload_bytes()))
+        });
+        Ok((Listener(sink), notes))
+    }
+}
+
+/// Subscribes to and unsubscribes from room channels on a node's subscription connection.
+pub struct Listener(redis::aio::PubSubSink);
+
+impl Listener {
+    /// Listens to these rooms' channels.
+    pub async fn listen(&mut self, rooms: &[RoomId]) -> Result<(), BusError> {
+        if rooms.is_empty() {
+            return Ok(());
+        }
+        let channels: Vec<String> = rooms.iter().map(|r| room_channel(*r)).collect();
+        timed(RESPONSE_TIMEOUT, self.0.subscribe(channels)).await
+    }
+
+    /// Stops listening to these rooms' channels.
+    pub async fn unlisten(&mut self, rooms: &[RoomId]) -> Result<(), BusError> {
+        if rooms.is_empty() {
+            return Ok(());
+        }
+        let channels: Vec<String> = rooms.iter().map(|r| room_channel(*r)).collect();
+        timed(RESPONSE_TIMEOUT, self.0.unsubscribe(channels)).await
     }
 }
 
@@ -411,24 +443,6 @@ async fn timed<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn notes_round_trip_and_junk_is_refused() {
-        let id = ClientId::random();
-        let other = ClientId::random();
-        for note in [
-            Note::Wake(vec![id]),
-            Note::Wake(vec![id, other]),
-            Note::Kick(id, 7),
-        ] {
-            assert_eq!(Note::decode(&note.encode()), Some(note));
-        }
-        assert_eq!(Note::decode("wake nope"), None);
-        assert_eq!(Note::decode("wake"), None);
-        assert_eq!(Note::decode(&format!("wake {id} extra")), None);
-        assert_eq!(Note::decode(&format!("kick {id} 7 8")), None);
-        assert_eq!(Note::decode(&format!("kick {id}")), None);
-    }
 
     #[test]
     fn owners_round_trip() {
