@@ -51,6 +51,9 @@ fn contacts_show_who_is_online() {
     let mut bob = Chatter::named(&b, "bob", "bob-pass-1");
     let mut zed = Chatter::named(&b, "zed", "zed-pass-1");
     zed.disconnect();
+    eventually("zed is offline", std::time::Duration::from_secs(10), || {
+        !listed(&alice.ok("ONLINE")).contains(&"zed".to_string())
+    });
     assert_eq!(
         alice.ok("CONTACT ADD bob"),
         ["OK: bob added to your contacts"]
