@@ -28,6 +28,9 @@ pub enum MessageState {
     Replaced,
     /// An operator dropped it undelivered (`chat-admin purge --pending`).
     Purged,
+    /// In a room's log (`chat-enqueue --room`, `SAY`, `SEND`): every member gets it from its own
+    /// cursor; there is no one delivery to report.
+    Posted,
 }
 
 impl MessageState {
@@ -40,6 +43,7 @@ impl MessageState {
             MessageState::Expired => "expired",
             MessageState::Replaced => "replaced",
             MessageState::Purged => "purged",
+            MessageState::Posted => "posted",
         }
     }
 
@@ -84,7 +88,7 @@ type StatusRow = (
     u8,
     Option<String>,
     Option<u64>,
-    u64,
+    Option<u64>,
     Option<String>,
 );
 
@@ -106,7 +110,8 @@ impl Store {
                  (SELECT CONCAT(l.acked, ' ', UNIX_TIMESTAMP(l.at)) FROM deliveries l \
                   WHERE l.client_id = m.client_id AND l.upto_seq >= m.seq \
                   ORDER BY l.upto_seq LIMIT 1) \
-                 FROM messages m JOIN cursors d ON d.client_id = m.client_id WHERE m.id IN ({list})"
+                 FROM messages m LEFT JOIN cursors d ON d.client_id = m.client_id \
+                 WHERE m.id IN ({list})"
             );
             let rows: Vec<StatusRow> = self
                 .timed(async {
@@ -139,6 +144,23 @@ fn status(row: StatusRow) -> Option<MessageStatus> {
     let (log_acked, log_at) = match log.as_deref().and_then(|l| l.split_once(' ')) {
         Some((acked, at)) => (acked == "1", unix_time(at)),
         None => (false, None),
+    };
+    // No cursor: the queue is a room's log, not a client's.
+    let Some(done) = done else {
+        return Some(MessageStatus {
+            id,
+            client_id: ClientId::from_slice(&client)?,
+            seq,
+            state: MessageState::Posted,
+            queued_at: unix_time(&queued)?,
+            expires_at: None,
+            delivered_at: None,
+            acknowledged_at: None,
+            expired_at: None,
+            replaced_at: None,
+            purged_at: None,
+            replaced_by: None,
+        });
     };
     let mut s = MessageStatus {
         id,

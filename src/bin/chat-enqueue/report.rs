@@ -37,6 +37,7 @@ pub fn wait_exit(ids: &[u64], statuses: &[MessageStatus]) -> u8 {
         MessageState::Purged => 3,
         MessageState::Delivered => 4,
         MessageState::Acknowledged => 5,
+        MessageState::Posted => 6,
     };
     match statuses.iter().map(|s| s.state).min_by_key(|s| rank(*s)) {
         Some(MessageState::Queued) => EXIT_PENDING,
@@ -44,7 +45,7 @@ pub fn wait_exit(ids: &[u64], statuses: &[MessageStatus]) -> u8 {
         Some(MessageState::Replaced) => EXIT_REPLACED,
         Some(MessageState::Purged) => EXIT_PURGED,
         Some(MessageState::Acknowledged) => EXIT_ACKNOWLEDGED,
-        Some(MessageState::Delivered) | None => EXIT_OK,
+        Some(MessageState::Delivered | MessageState::Posted) | None => EXIT_OK,
     }
 }
 
@@ -57,8 +58,14 @@ pub fn text(ids: &[u64], statuses: &[MessageStatus]) -> String {
             out.push_str(&format!("{id} unknown\n"));
             continue;
         };
+        // A room post's queue is its room.
+        let whose = if s.state == MessageState::Posted {
+            "room"
+        } else {
+            "client"
+        };
         out.push_str(&format!(
-            "{} {} client={} seq={} queued={}",
+            "{} {} {whose}={} seq={} queued={}",
             s.id,
             s.state.as_str(),
             s.client_id,
@@ -94,7 +101,8 @@ pub fn json(ids: &[u64], statuses: &[MessageStatus]) -> String {
             Some(s) => serde_json::json!({
                 "id": s.id,
                 "state": s.state.as_str(),
-                "client_id": s.client_id.to_string(),
+                "client_id": (s.state != MessageState::Posted).then(|| s.client_id.to_string()),
+                "room_id": (s.state == MessageState::Posted).then(|| s.client_id.to_string()),
                 "seq": s.seq,
                 "queued_at": time(s.queued_at),
                 "expires_at": s.expires_at.map(time),

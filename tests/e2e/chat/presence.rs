@@ -73,9 +73,11 @@ fn contacts_show_who_is_online() {
     );
     bob.disconnect();
     // Its session records its cursor and gives up its right just after the goodbye line.
-    eventually("bob shows offline", std::time::Duration::from_secs(10), || {
-        alice.ok("CONTACTS")[0] == "CONTACT bob offline"
-    });
+    eventually(
+        "bob shows offline",
+        std::time::Duration::from_secs(10),
+        || alice.ok("CONTACTS")[0] == "CONTACT bob offline",
+    );
     assert_eq!(
         alice.ok("CONTACT DEL bob"),
         ["OK: bob removed from your contacts"]

@@ -89,6 +89,13 @@ fn create_join_say_leave_and_producers_post_too() {
     // A producer posts with chat-enqueue --room, shown as *.
     let out = env.enqueue_raw(&["--room", "lobby", "deploy", "finished"]);
     assert!(out.status.success(), "{out:?}");
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let status = env.enqueue_raw(&["status", &id]);
+    let status = String::from_utf8_lossy(&status.stdout).to_string();
+    assert!(
+        status.starts_with(&format!("{id} posted room=")),
+        "{status}"
+    );
     assert_eq!(alice.messages(1), ["#Lobby *: deploy finished"]);
     assert_eq!(bob.messages(1), ["#Lobby *: deploy finished"]);
     let out = env.enqueue_raw(&["--room", "#nowhere", "x"]);
