@@ -12,7 +12,9 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
 
-use crate::store::{Claim, Fetch, NewPost, PostRefused, PostedRow, RoomFetch, Store, StoreError};
+use crate::store::{
+    Claim, Fetch, NewPost, PostRefused, PostedRow, RoomCursor, RoomFetch, Store, StoreError,
+};
 use crate::{ClientId, RoomId};
 
 /// Requests that may wait (a session waits for its own answer, so this bounds memory).
@@ -244,12 +246,12 @@ impl BatchOp for RoomFetches {
     }
 }
 
-/// Room cursor writes: (client, epoch, [(room, seq)]) -> recorded (false: the session lost the
-/// delivery right).
+/// Room cursor writes: (client, epoch, cursors) -> recorded (false: the session lost the delivery
+/// right).
 pub struct RoomCursors(pub Store);
 
 impl BatchOp for RoomCursors {
-    type Item = (ClientId, u64, Vec<(RoomId, u64)>);
+    type Item = (ClientId, u64, Vec<RoomCursor>);
     type Output = bool;
     const MAX: usize = 500;
     const NAME: &'static str = "record room cursors";

@@ -224,6 +224,28 @@ impl Progress {
     }
 }
 
+/// Sessions fall into this many groups by client id; each group records at its own points of
+/// the grid, so that the records of a node are spread over the period in batches of a tenth.
+pub const RECORD_GROUPS: u64 = 10;
+
+/// The first point after `now` of the grid of `period` that every session of the process in
+/// group `group` shares (a group's grid is shifted by `group / RECORD_GROUPS` of the period).
+fn on_grid(now: Instant, period: Duration, group: u64) -> Instant {
+    static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let base = *BASE.get_or_init(|| now);
+    let step = period.max(Duration::from_millis(1)).as_nanos() as i128;
+    let shift = step * i128::from(group % RECORD_GROUPS) / i128::from(RECORD_GROUPS);
+    // Signed: `now` may come before the base (tests with their own paused clocks).
+    let t = if now >= base {
+        (now - base).as_nanos() as i128
+    } else {
+        -((base - now).as_nanos() as i128)
+    };
+    let next = (t - shift).div_euclid(step) * step + step + shift;
+    let ahead = Duration::from_nanos(u64::try_from(next - t).unwrap_or(u64::MAX));
+    now + ahead
+}
+
 /// The delivery state of one session: its own queue's progress, and the delivery right with the
 /// timers that drive retries and records.
 #[derive(Debug)]
@@ -244,6 +266,8 @@ pub struct Cursor {
     /// the client was told.
     waiting_since: Option<Instant>,
     told_waiting: bool,
+    /// Which group of record times the session is in (by client id).
+    group: u64,
 }
 
 impl Cursor {
@@ -259,7 +283,14 @@ impl Cursor {
             handoff_poll: HANDOFF_POLL,
             waiting_since: None,
             told_waiting: false,
+            group: 0,
         }
+    }
+
+    /// The session records with group `group` (0..[`RECORD_GROUPS`]).
+    pub fn in_group(mut self, group: u64) -> Cursor {
+        self.group = group;
+        self
     }
 
     /// Whether messages need acknowledgements.
@@ -274,9 +305,12 @@ impl Cursor {
         self.backoff = FIRST_BACKOFF;
     }
 
-    /// Records are wanted within `delay` (the earliest wish wins).
+    /// Records are wanted within `delay` (the earliest wish wins), at the next point of a grid of
+    /// `delay` shared by the sessions of the process in this session's group: sessions that
+    /// deliver in the same period then record at the same moment, so that the group commit writes
+    /// them in one statement, and the groups spread those writes over the period.
     pub fn record_within(&mut self, delay: Duration) {
-        let at = Instant::now() + delay;
+        let at = on_grid(Instant::now(), delay, self.group);
         if self.record_at.is_none_or(|t| t > at) {
             self.record_at = Some(at);
         }
@@ -439,15 +473,33 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn the_earliest_record_wish_wins() {
+    async fn the_earliest_record_wish_wins_on_a_shared_grid() {
         let mut c = Cursor::new(&claim(0), None, Instant::now());
+        let now = Instant::now();
         c.record_within(Duration::from_secs(1));
+        let second = c.record_at.unwrap();
+        assert!(second > now && second <= now + Duration::from_secs(1));
         c.record_within(Duration::from_millis(50));
+        let soon = c.record_at.unwrap();
+        assert!(soon > now && soon <= now + Duration::from_millis(50));
         c.record_within(Duration::from_secs(2));
-        assert_eq!(
-            c.record_at,
-            Some(Instant::now() + Duration::from_millis(50))
-        );
+        assert_eq!(c.record_at, Some(soon));
+        // Another session, a moment later in the same period, lands on the same point.
+        tokio::time::advance(Duration::from_millis(1)).await;
+        let mut other = Cursor::new(&claim(0), None, Instant::now());
+        other.record_within(Duration::from_secs(1));
+        assert!(other.record_at == Some(second) || second <= Instant::now());
+        // Another group: its own point, half a period away, still within the period.
+        let mut half = Cursor::new(&claim(0), None, Instant::now()).in_group(5);
+        half.record_within(Duration::from_secs(1));
+        let at = half.record_at.unwrap();
+        assert!(at > Instant::now() && at <= Instant::now() + Duration::from_secs(1));
+        let apart = if at > second {
+            at - second
+        } else {
+            second - at
+        };
+        assert_eq!(apart, Duration::from_millis(500));
     }
 
     #[test]

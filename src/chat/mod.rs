@@ -71,6 +71,8 @@ pub struct Ctx<'a> {
     pub signals: &'a Signals,
     pub state: &'a mut ChatState,
     pub out: &'a mut BytesMut,
+    /// The posts the command made (room, seq): the session moves its read cursors to them.
+    pub posted: &'a mut Vec<(crate::RoomId, u64)>,
 }
 
 impl Ctx<'_> {

@@ -39,6 +39,7 @@ pub async fn post(ctx: &mut Ctx<'_>, dest: Dest, text: String) -> Result<(), Cha
         }
     };
     ctx.reply(ChatLine::Sent(row.id));
+    ctx.posted.push((dest.room, row.seq));
     let message = RoomMessage {
         room: dest.room,
         seq: row.seq,

@@ -68,6 +68,13 @@ pub enum ChatCommand {
     Read { of: Target, up_to: ReadUpTo },
 }
 
+impl ChatCommand {
+    /// Whether the command answers from the read cursors (so that they must be up to date).
+    pub fn reads_cursors(&self) -> bool {
+        matches!(self, ChatCommand::Rooms { .. } | ChatCommand::Read { .. })
+    }
+}
+
 /// Why a chat command's syntax was refused (the session stays open).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ChatSyntax {

@@ -12,7 +12,7 @@ use crate::delivery::{Cursor, Written, ACK_RECORD_DELAY};
 use crate::protocol::{self, Command, Reply, SessionError};
 use crate::registry::{Registration, Woken};
 use crate::stats;
-use crate::store::Acquire;
+use crate::store::{Acquire, RoomCursor};
 
 impl<S: AsyncRead + AsyncWrite> Session<S> {
     /// One delivery round for what the session was woken for: takes the delivery right if
@@ -59,12 +59,7 @@ impl<S: AsyncRead + AsyncWrite> Session<S> {
             .as_ref()
             .is_some_and(|s| !s.unrecorded().is_empty())
         {
-            let delay = if cursor.acknowledged() {
-                ACK_RECORD_DELAY
-            } else {
-                ROOM_RECORD_DELAY
-            };
-            cursor.record_within(delay);
+            cursor.record_within(ROOM_RECORD_DELAY);
         }
         let Some(round) = own.filter(|r| !r.taken.is_empty()) else {
             return Ok(());
@@ -90,6 +85,42 @@ impl<S: AsyncRead + AsyncWrite> Session<S> {
         self.record(reg, cursor).await
     }
 
+    /// Records the rooms' read cursors that wait (the client posted), now: `ROOMS` and `READ`
+    /// then count from them.
+    pub(super) async fn record_reads(
+        &mut self,
+        reg: &Registration,
+        cursor: &Cursor,
+    ) -> Result<(), End> {
+        let Some(streams) = self
+            .streams
+            .as_ref()
+            .filter(|s| s.reads_pending() && cursor.holding)
+        else {
+            return Ok(());
+        };
+        let rooms = streams.unrecorded();
+        match self
+            .node
+            .room_cursors
+            .call((reg.client_id, reg.epoch, rooms.clone()))
+            .await
+        {
+            Ok(true) => {
+                if let Some(streams) = self.streams.as_mut() {
+                    streams.recorded(&rooms);
+                }
+                Ok(())
+            }
+            Ok(false) => Err(End::TakenOver),
+            // The command answers from what MySQL has; the record is retried on the next tick.
+            Err(e) => {
+                warn!(error = %e, "could not record read cursors");
+                Ok(())
+            }
+        }
+    }
+
     /// `ACK <id>`: a message of the own queue or of a room.
     pub(super) fn ack(
         &mut self,
@@ -108,7 +139,13 @@ impl<S: AsyncRead + AsyncWrite> Session<S> {
         let acked = progress.ack(id)?;
         stats::acknowledged();
         if acked.record {
-            cursor.record_within(ACK_RECORD_DELAY);
+            // Acknowledgements of room posts are recorded on the rooms' tick, with everything
+            // else of the rooms (at most a second of them comes again after a crash).
+            cursor.record_within(if room.is_some() {
+                ROOM_RECORD_DELAY
+            } else {
+                ACK_RECORD_DELAY
+            });
         }
         if acked.advanced {
             match room {
@@ -188,6 +225,13 @@ impl<S: AsyncRead + AsyncWrite> Session<S> {
                 }
             }
         }
+        // The rooms' cursors are written in the background: delivering goes on meanwhile (all
+        // sessions of the node record on the same tick, so one write carries many). Only the
+        // holder of the delivery right writes them (a session still waiting for the handoff
+        // keeps what it has to write until it holds the right).
+        if self.recording.is_some() || !cursor.holding {
+            return Ok(());
+        }
         let rooms = self
             .streams
             .as_ref()
@@ -196,25 +240,42 @@ impl<S: AsyncRead + AsyncWrite> Session<S> {
         if rooms.is_empty() {
             return Ok(());
         }
-        match self
-            .node
-            .room_cursors
-            .call((reg.client_id, reg.epoch, rooms.clone()))
-            .await
-        {
+        let node = self.node.clone();
+        let item = (reg.client_id, reg.epoch, rooms.clone());
+        self.recording = Some(tokio::spawn(async move {
+            let result = node.room_cursors.call(item).await;
+            (rooms, result)
+        }));
+        Ok(())
+    }
+
+    /// The background write of the rooms' cursors finished.
+    pub(super) fn rooms_recorded(
+        &mut self,
+        cursor: &mut Cursor,
+        rooms: Vec<RoomCursor>,
+        result: Result<bool, crate::store::StoreError>,
+    ) -> Result<(), End> {
+        self.recording = None;
+        match result {
             Ok(true) => {
                 if let Some(streams) = self.streams.as_mut() {
                     streams.recorded(&rooms);
+                    // Delivered meanwhile: the next tick writes that too.
+                    if !streams.unrecorded().is_empty() {
+                        cursor.record_within(ROOM_RECORD_DELAY);
+                    }
                 }
                 cursor.succeeded();
+                Ok(())
             }
-            Ok(false) => return Err(End::TakenOver),
+            Ok(false) => Err(End::TakenOver),
             Err(e) => {
                 warn!(error = %e, "could not record room deliveries; will retry");
                 cursor.record_failed();
+                Ok(())
             }
         }
-        Ok(())
     }
 
     /// Acknowledged mode: marks the messages acknowledged after their deadline expired, and takes

@@ -71,6 +71,7 @@ pub async fn run<S>(
             chat: None,
             streams: None,
             rooms_wanted: false,
+            recording: None,
             node,
         };
         session.serve(shutdown).await;
@@ -92,7 +93,15 @@ struct Session<S> {
     streams: Option<Box<rooms::Streams>>,
     /// The rooms must be loaded (again) when the session next delivers.
     rooms_wanted: bool,
+    /// The write of the rooms' cursors under way, if any: the rooms and seqs, and the result.
+    recording: Option<Recording>,
 }
+
+/// A background write of a session's room cursors: the rooms and seqs, and the result.
+type Recording = tokio::task::JoinHandle<(
+    Vec<crate::store::RoomCursor>,
+    Result<bool, crate::store::StoreError>,
+)>;
 
 impl<S: AsyncRead + AsyncWrite> Session<S> {
     async fn serve(&mut self, shutdown: CancellationToken) {
@@ -124,7 +133,9 @@ impl<S: AsyncRead + AsyncWrite> Session<S> {
         info!(epoch = claim.epoch, ack, "session started");
         let config = &self.node.config;
         let window = if ack { Some(config.max_inflight) } else { None };
-        let mut cursor = Cursor::new(&claim, window, Instant::now() + config.handoff_timeout);
+        let group = u64::from(id.as_bytes()[15]);
+        let mut cursor =
+            Cursor::new(&claim, window, Instant::now() + config.handoff_timeout).in_group(group);
         // First round: everything pending since the last session, in its own queue and rooms.
         self.rooms_wanted = claim.rooms_version > 0;
         reg.signals.wake_own();
@@ -170,6 +181,13 @@ impl<S: AsyncRead + AsyncWrite> Session<S> {
                 _ = sleep_until(record_at.unwrap_or_else(Instant::now)), if record_at.is_some() => {
                     Box::pin(self.record(reg, cursor)).await.err()
                 }
+                done = async { self.recording.as_mut().expect("checked").await },
+                    if self.recording.is_some() => {
+                    let (rooms, result) = done.unwrap_or_else(|e| {
+                        (Vec::new(), Err(crate::store::StoreError::Shared(e.to_string())))
+                    });
+                    self.rooms_recorded(cursor, rooms, result).err()
+                }
             };
             if let Some(end) = end {
                 return end;
@@ -207,10 +225,17 @@ impl<S: AsyncRead + AsyncWrite> Session<S> {
                 Err(e) => self.out_reply(Reply::Error(&e)),
             },
             Ok(Command::Chat(cmd)) => {
+                if cmd.reads_cursors() {
+                    // What the client posted counts as read before the counts are read.
+                    if let Err(end) = self.record_reads(reg, cursor).await {
+                        return Some(end);
+                    }
+                }
                 let send_rate = self.node.config.chat.send_rate;
                 let state = self
                     .chat
                     .get_or_insert_with(|| Box::new(ChatState::new(send_rate)));
+                let mut posted = Vec::new();
                 let mut ctx = Ctx {
                     node: &self.node,
                     me: reg.client_id,
@@ -218,9 +243,17 @@ impl<S: AsyncRead + AsyncWrite> Session<S> {
                     signals: &reg.signals,
                     state,
                     out: &mut self.out,
+                    posted: &mut posted,
                 };
                 if let Err(e) = chat::apply(&mut ctx, cmd).await {
                     self.out_reply(Reply::Error(&e));
+                }
+                if !posted.is_empty() {
+                    let streams = self.streams.get_or_insert_with(Box::default);
+                    for (room, seq) in posted {
+                        streams.posted(room, seq);
+                    }
+                    cursor.record_within(rooms::ROOM_RECORD_DELAY);
                 }
             }
             Err(e) => self.out_reply(Reply::Error(&e)),

@@ -13,7 +13,7 @@ use crate::protocol::chat_reply::ChatLine;
 use crate::protocol::names::{private_label, room_label};
 use crate::registry::{Registration, Woken};
 use crate::stats;
-use crate::store::{RoomFetch, RoomKind, RoomMessage, StoreError};
+use crate::store::{RoomCursor, RoomFetch, RoomKind, RoomMessage, StoreError};
 use crate::RoomId;
 
 /// Plain mode: room cursors are recorded at most this long after a delivery (one write for all
@@ -34,6 +34,9 @@ pub(super) struct Stream {
 #[derive(Default)]
 pub(super) struct Streams {
     rooms: HashMap<RoomId, Stream>,
+    /// Read cursors to move, not yet recorded: the client posted up to there (a post reads what
+    /// came before it).
+    reads: HashMap<RoomId, u64>,
 }
 
 impl Streams {
@@ -49,19 +52,54 @@ impl Streams {
         self.rooms.get_mut(&room).map(|s| &mut s.progress)
     }
 
-    /// The rooms whose cursor MySQL has not recorded yet, and how far.
-    pub(super) fn unrecorded(&self) -> Vec<(RoomId, u64)> {
-        self.rooms
+    /// The client posted `seq` in `room`: its read cursor moves there with the next record.
+    pub(super) fn posted(&mut self, room: RoomId, seq: u64) {
+        let read = self.reads.entry(room).or_default();
+        *read = (*read).max(seq);
+    }
+
+    /// Whether read cursors wait to be recorded (`ROOMS` and `READ` record them first).
+    pub(super) fn reads_pending(&self) -> bool {
+        !self.reads.is_empty()
+    }
+
+    /// The rooms whose cursors MySQL has not recorded yet, and how far (0: unchanged).
+    pub(super) fn unrecorded(&self) -> Vec<RoomCursor> {
+        let mut out: Vec<RoomCursor> = self
+            .rooms
             .iter()
-            .filter_map(|(room, s)| Some((*room, s.progress.unrecorded()?)))
-            .collect()
+            .filter_map(|(room, s)| {
+                let delivered = s.progress.unrecorded();
+                let read = self.reads.get(room).copied();
+                (delivered.is_some() || read.is_some()).then(|| RoomCursor {
+                    room: *room,
+                    delivered: delivered.unwrap_or(0),
+                    read: read.unwrap_or(0),
+                })
+            })
+            .collect();
+        // Posted to a room not loaded yet (a new private room): its read cursor all the same.
+        out.extend(
+            self.reads
+                .iter()
+                .filter(|(room, _)| !self.rooms.contains_key(room))
+                .map(|(room, read)| RoomCursor {
+                    room: *room,
+                    delivered: 0,
+                    read: *read,
+                }),
+        );
+        out
     }
 
     /// MySQL has these cursors.
-    pub(super) fn recorded(&mut self, done: &[(RoomId, u64)]) {
-        for (room, seq) in done {
-            if let Some(s) = self.rooms.get_mut(room) {
-                s.progress.recorded(*seq);
+    pub(super) fn recorded(&mut self, done: &[RoomCursor]) {
+        for c in done {
+            if let Some(s) = self.rooms.get_mut(&c.room) {
+                s.progress.recorded(c.delivered);
+            }
+            if self.reads.get(&c.room) == Some(&c.read) {
+                self.reads.remove(&c.room);
             }
         }
     }

@@ -28,7 +28,7 @@ pub use admin::{Backlog, BanRow, ClientInfo, MAX_BANS};
 pub use history::{ChatListRow, ReadState};
 pub use liveness::{Kept, NodeLock};
 pub use people::Listed;
-pub use posts::{NewPost, PostRefused, PostedRow, RoomFetch, RoomMessage};
+pub use posts::{NewPost, PostRefused, PostedRow, RoomCursor, RoomFetch, RoomMessage};
 pub use retention::Purge;
 pub use rooms::{Created, Joined, Membership, Opened, RoomInfo, RoomKind};
 

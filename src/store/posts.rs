@@ -55,8 +55,16 @@ pub enum RoomFetch {
     Stale,
 }
 
-/// How far one session got in its rooms: (client, epoch, [(room, seq)]).
-pub type RoomProgress = (ClientId, u64, Vec<(RoomId, u64)>);
+/// Where one member is in one room: delivered up to, read up to (0: leave as it is).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoomCursor {
+    pub room: RoomId,
+    pub delivered: u64,
+    pub read: u64,
+}
+
+/// How far one session got in its rooms: (client, epoch, cursors).
+pub type RoomProgress = (ClientId, u64, Vec<RoomCursor>);
 
 /// The columns of a message with its sender's name (`m`: messages, `s`: the sender's clients row),
 /// as [`MessageRow`].
@@ -112,9 +120,10 @@ fn literal_rows(columns: &[&str], rows: &[Vec<String>]) -> String {
 }
 
 impl Store {
-    /// Stores many posts in one transaction: the rooms' rows locked in key order, one `UPDATE`
-    /// of their heads per distinct count, one multi-row `INSERT`, and the posters' read cursors
-    /// moved to their posts. Per item, in order: the stored message, or why not.
+    /// Stores many posts in one transaction, touching only the rooms' rows and logs: the rooms'
+    /// rows locked in key order, one `UPDATE` of their heads per distinct count, one multi-row
+    /// `INSERT`. (A poster's read cursor moves with its session's next record of its cursors.)
+    /// Per item, in order: the stored message, or why not.
     pub async fn post_many(
         &self,
         items: &[NewPost<'_>],
@@ -224,26 +233,6 @@ impl Store {
                     ids.insert((p.room, *seq), id);
                 }
             }
-            // A poster has read what it wrote (and everything before it).
-            let mut reads: HashMap<(ClientId, RoomId), u64> = HashMap::new();
-            for (p, seq) in &stored {
-                if let Some(sender) = p.sender {
-                    let e = reads.entry((sender, p.room)).or_default();
-                    *e = (*e).max(*seq);
-                }
-            }
-            if !reads.is_empty() {
-                let rows: Vec<Vec<String>> = reads
-                    .iter()
-                    .map(|((c, r), s)| vec![client_lit(c), room_lit(r), s.to_string()])
-                    .collect();
-                tx.query_drop(format!(
-                    "UPDATE members m JOIN ({}) v ON m.client_id = v.c AND m.room_id = v.r \
-                     SET m.read_seq = GREATEST(m.read_seq, v.s)",
-                    literal_rows(&["c", "r", "s"], &rows)
-                ))
-                .await?;
-            }
             tx.commit().await?;
             Ok(items
                 .iter()
@@ -343,9 +332,10 @@ impl Store {
             .collect())
     }
 
-    /// Records, for many sessions in one statement (group commit), how far each got in its rooms.
-    /// One entry per (client, epoch, [(room, seq)]). Per entry: `false` when session `epoch` no
-    /// longer holds the client's delivery right (nothing recorded for it).
+    /// Records, for many sessions in one statement (group commit), how far each got in its rooms:
+    /// delivered, and read (a member's own posts). One entry per (client, epoch, cursors); the
+    /// cursors only move forward. Per entry: `false` when session `epoch` no longer holds the
+    /// client's delivery right (nothing recorded for it).
     pub async fn record_room_cursors(
         &self,
         entries: &[RoomProgress],
@@ -353,11 +343,12 @@ impl Store {
         let rows: Vec<Vec<String>> = entries
             .iter()
             .flat_map(|(client, epoch, rooms)| {
-                rooms.iter().map(move |(room, seq)| {
+                rooms.iter().map(move |c| {
                     vec![
                         client_lit(client),
-                        room_lit(room),
-                        seq.to_string(),
+                        room_lit(&c.room),
+                        c.delivered.to_string(),
+                        c.read.to_string(),
                         epoch.to_string(),
                     ]
                 })
@@ -379,8 +370,9 @@ impl Store {
                 conn.query_drop(format!(
                     "UPDATE members m JOIN cursors d ON d.client_id = m.client_id \
                      JOIN ({}) v ON m.client_id = v.c AND m.room_id = v.r AND d.holder_epoch = v.e \
-                     SET m.delivered_seq = GREATEST(m.delivered_seq, v.s)",
-                    literal_rows(&["c", "r", "s", "e"], &rows)
+                     SET m.delivered_seq = GREATEST(m.delivered_seq, v.s), \
+                     m.read_seq = GREATEST(m.read_seq, v.rd)",
+                    literal_rows(&["c", "r", "s", "rd", "e"], &rows)
                 ))
                 .await?;
                 conn.query(format!(

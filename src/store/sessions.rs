@@ -6,10 +6,11 @@ use mysql_async::prelude::*;
 use mysql_async::TxOpts;
 
 use super::liveness::node_lock;
+use super::RoomCursor;
 use super::{
     case_arms, hex, hex_list, Acquire, Claim, Fetch, Pending, Store, StoreError, SweepRow,
 };
-use crate::{ClientId, RoomId};
+use crate::ClientId;
 
 /// The columns of a pending-message read after `client_id`: seq, id, body (empty once dropped),
 /// whether it was dropped, microseconds to its expiry, enqueue time in microseconds.
@@ -396,18 +397,19 @@ impl Store {
         epoch: u64,
         delivered_seq: u64,
         acked: bool,
-        rooms: &[(RoomId, u64)],
+        rooms: &[RoomCursor],
     ) -> Result<(), StoreError> {
         self.timed(async {
             let mut conn = self.pool.get_conn().await?;
             let mut tx = conn.start_transaction(TxOpts::default()).await?;
             // The rooms first, while the right is still held (the update checks it per row).
-            for (room, seq) in rooms {
+            for c in rooms {
                 tx.exec_drop(
                     "UPDATE members m JOIN cursors d ON d.client_id = m.client_id \
-                     SET m.delivered_seq = GREATEST(m.delivered_seq, ?) \
+                     SET m.delivered_seq = GREATEST(m.delivered_seq, ?), \
+                     m.read_seq = GREATEST(m.read_seq, ?) \
                      WHERE m.client_id = ? AND m.room_id = ? AND d.holder_epoch = ?",
-                    (seq, &id.as_bytes()[..], &room.as_bytes()[..], epoch),
+                    (c.delivered, c.read, &id.as_bytes()[..], &c.room.as_bytes()[..], epoch),
                 )
                 .await?;
             }

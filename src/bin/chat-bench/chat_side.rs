@@ -30,9 +30,12 @@ const WAIT: Duration = Duration::from_secs(120);
 
 /// Runs workload `w` against a fresh node.
 pub async fn run(w: Workload, params: &Params, urls: &ServiceUrls) -> Result<Vec<Row>> {
+    // These start (and kill) nodes of their own.
     if w == Workload::Recovery {
-        // Starts (and kills) nodes of its own.
         return super::recovery::run(params, urls).await;
+    }
+    if w == Workload::Rooms {
+        return super::rooms::run(params, urls).await;
     }
     let node = Node::start(urls).await?;
     let rows = match w {
@@ -46,7 +49,7 @@ pub async fn run(w: Workload, params: &Params, urls: &ServiceUrls) -> Result<Vec
         Workload::Connections => connections(&node, params).await?,
         Workload::EnqueueCli => enqueue_cli(&node, params, urls).await?,
         Workload::EnqueueStdin => super::enqueue_stdin::run(node.addr, params, urls).await?,
-        Workload::Recovery => unreachable!("handled above"),
+        Workload::Recovery | Workload::Rooms => unreachable!("handled above"),
     };
     node.stop().await;
     Ok(rows)
@@ -78,7 +81,7 @@ fn all_pids(node: &Node, urls: &ServiceUrls) -> Vec<(String, u32)> {
 }
 
 /// Pid of the MariaDB and Redis behind the URLs, for CPU figures (best effort).
-fn service_pids(urls: &ServiceUrls) -> Vec<(String, u32)> {
+pub fn service_pids(urls: &ServiceUrls) -> Vec<(String, u32)> {
     let mut pids = Vec::new();
     // Matched by port, so that another MariaDB or Redis on the machine is never measured instead.
     if let Some(port) = url_port(&urls.database_url) {

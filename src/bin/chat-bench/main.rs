@@ -5,11 +5,13 @@ mod chat_side;
 mod client;
 mod enqueue_stdin;
 mod mosquitto;
+mod mosquitto_rooms;
 mod node;
 mod params;
 mod procstat;
 mod recovery;
 mod report;
+mod rooms;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -76,6 +78,7 @@ async fn run(args: Args) -> Result<()> {
             Workload::EnqueueCli,
             Workload::EnqueueStdin,
             Workload::Recovery,
+            Workload::Rooms,
         ]
     } else {
         args.only.clone()

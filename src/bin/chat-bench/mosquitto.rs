@@ -32,7 +32,7 @@ const MOSQUITTO: &str = "/usr/sbin/mosquitto";
 /// Publisher connections for the throughput and drain workloads.
 const PUBLISHERS: usize = 4;
 /// Clients connecting at once while a fleet is set up (below Mosquitto's listen backlog of 100).
-const SETUP_WINDOW: usize = 64;
+pub(super) const SETUP_WINDOW: usize = 64;
 /// Most idle sessions this process holds (its open-files limit is 20,000).
 const IDLE_CAP: usize = 18_000;
 /// TCP connect plus CONNACK of one client, seconds (the drain's reconnection storm queues on the
@@ -52,6 +52,7 @@ pub async fn run(w: Workload, params: &Params) -> Result<Vec<Row>> {
         Workload::Latency => latency(params).await,
         Workload::Drain => drain(params).await,
         Workload::Connections => connections(params).await,
+        Workload::Rooms => super::mosquitto_rooms::run(params).await,
         Workload::EnqueueCli | Workload::EnqueueStdin | Workload::Recovery => Ok(Vec::new()),
     }
 }
@@ -340,16 +341,16 @@ async fn connections(params: &Params) -> Result<Vec<Row>> {
 
 /// A private Mosquitto: its process, its directory (config, persistence, log) and its port. Killed
 /// when dropped.
-struct Broker {
+pub(super) struct Broker {
     child: Child,
     dir: PathBuf,
-    port: u16,
+    pub(super) port: u16,
 }
 
 impl Broker {
     /// Starts a fresh broker and waits until it accepts connections (a few tries: the free port may
     /// be taken).
-    async fn start() -> Result<Broker> {
+    pub(super) async fn start() -> Result<Broker> {
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -428,7 +429,7 @@ impl Broker {
     }
 
     /// The broker and this process, for a [`CpuMeter`].
-    fn and_bench(&self) -> [(String, u32); 2] {
+    pub(super) fn and_bench(&self) -> [(String, u32); 2] {
         [
             ("mosquitto".to_string(), self.pid()),
             ("bench".to_string(), std::process::id()),
@@ -744,7 +745,12 @@ async fn drive_subscriber(i: usize, port: u16, role: Role, sink: &Sink) -> Resul
 
 /// An MQTT client with a persistent session (`clean_session=false`), keep-alive 60 s, `TCP_NODELAY`
 /// (as the chat side's clients).
-fn new_client(id: String, port: u16, inflight: u16, requests: usize) -> (AsyncClient, EventLoop) {
+pub(super) fn new_client(
+    id: String,
+    port: u16,
+    inflight: u16,
+    requests: usize,
+) -> (AsyncClient, EventLoop) {
     let mut options = MqttOptions::new(id, "127.0.0.1", port);
     options
         .set_clean_session(false)
@@ -911,7 +917,7 @@ async fn publish_paced(
 
 /// Nanoseconds since a clock base shared by the publisher and the subscribers (both in this
 /// process).
-fn now_nanos() -> u64 {
+pub(super) fn now_nanos() -> u64 {
     static BASE: OnceLock<Instant> = OnceLock::new();
     let base = *BASE.get_or_init(Instant::now);
     u64::try_from(base.elapsed().as_nanos()).unwrap_or(u64::MAX)
@@ -937,7 +943,10 @@ fn delivery_deadline(start: Instant, total: usize) -> Instant {
 }
 
 /// Waits until `done` says so, failing with its error or at `deadline`.
-async fn wait_for(deadline: Instant, mut done: impl FnMut() -> Result<bool>) -> Result<()> {
+pub(super) async fn wait_for(
+    deadline: Instant,
+    mut done: impl FnMut() -> Result<bool>,
+) -> Result<()> {
     loop {
         if done()? {
             return Ok(());

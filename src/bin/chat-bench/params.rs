@@ -18,6 +18,9 @@ pub enum Workload {
     /// A node killed under a client; time until the client, reconnected to another node, has its
     /// first pending message (chat only).
     Recovery,
+    /// Rooms of members spread over nodes, a steady rate of posts: delivered room messages per
+    /// second and post-to-member latency (Mosquitto: topics with QoS 1 subscribers).
+    Rooms,
 }
 
 /// Sizes of the workloads.
@@ -65,4 +68,19 @@ pub struct Params {
     /// Recovery: crashes to measure.
     #[arg(long, default_value_t = 10)]
     pub recovery_rounds: usize,
+    /// Rooms: rooms (Mosquitto: topics).
+    #[arg(long, default_value_t = 100)]
+    pub rooms: usize,
+    /// Rooms: members per room, one client each (Mosquitto: subscribers per topic).
+    #[arg(long, default_value_t = 50)]
+    pub room_members: usize,
+    /// Rooms: posts per second, over all rooms.
+    #[arg(long, default_value_t = 200)]
+    pub room_rate: u64,
+    /// Rooms: seconds of posting.
+    #[arg(long, default_value_t = 20)]
+    pub room_secs: u64,
+    /// Rooms: chat nodes the members are spread over.
+    #[arg(long, default_value_t = 3)]
+    pub room_nodes: usize,
 }
