@@ -253,6 +253,7 @@ pub struct RoomCursors(pub Store);
 impl BatchOp for RoomCursors {
     type Item = (ClientId, u64, Vec<RoomCursor>);
     type Output = bool;
+    // Sessions per transaction (each with up to all its rooms; one statement per 1,000 rows).
     const MAX: usize = 500;
     const NAME: &'static str = "record room cursors";
 

@@ -211,9 +211,14 @@ impl Hub {
     }
 
     /// Up to `max` messages of `room` after `after`, from memory; `None` when memory does not
-    /// hold the next one (read MySQL instead).
+    /// hold the next one (read MySQL instead). `None` too while the node's Redis subscription is
+    /// down: a session taken over meanwhile learns it only from MySQL (a kick cannot come), and
+    /// MySQL's read is fenced by the session's epoch.
     pub fn take(&self, room: RoomId, after: u64, max: usize) -> Option<Vec<Arc<RoomMessage>>> {
         let state = self.lock();
+        if !state.connected {
+            return None;
+        }
         let entry = state.rooms.get(&room)?;
         let first = entry.recent.front()?.seq;
         let last = entry.recent.back()?.seq;
@@ -283,6 +288,11 @@ impl Hub {
                 off.push(room);
             }
         }
+        // No longer counted as listened to from now on: a session joining meanwhile waits for the
+        // subscription that follows the unsubscription.
+        for room in &off {
+            state.subscribed.remove(room);
+        }
         (on, off)
     }
 
@@ -290,11 +300,19 @@ impl Hub {
     pub fn applied(&self, on: &[RoomId], off: &[RoomId]) {
         let mut state = self.lock();
         state.subscribed.extend(on.iter().copied());
-        for room in off {
-            state.subscribed.remove(room);
-        }
+        // Joined again while being unsubscribed: subscribe it again.
+        let rejoined: Vec<RoomId> = off
+            .iter()
+            .filter(|r| state.rooms.get(r).is_some_and(|e| e.group))
+            .copied()
+            .collect();
+        let again = !rejoined.is_empty();
+        state.dirty.extend(rejoined);
         drop(state);
         self.settled.send_modify(|g| *g += 1);
+        if again {
+            self.changed.notify_one();
+        }
     }
 
     /// Changes the subscriber could not make (Redis failed): to be tried again.
@@ -325,6 +343,7 @@ mod tests {
         let hub = Hub::new();
         let room = RoomId::random();
         let signals = Arc::new(Signals::default());
+        hub.connected(true);
         hub.join(room, true, signals.clone(), 5);
         assert!(hub.posted(message(room, 6)));
         assert!(hub.posted(message(room, 7)));
@@ -349,6 +368,9 @@ mod tests {
         // The sweep finds a newer head.
         hub.advance(room, 12);
         assert_eq!(hub.head(room), 12);
+        // Redis down: no kick could reach a session taken over, so memory serves nobody.
+        hub.connected(false);
+        assert_eq!(seqs(hub.take(room, 8, 10)), None);
         assert!(!hub.posted(message(RoomId::random(), 1)), "no member here");
     }
 

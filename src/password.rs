@@ -7,8 +7,9 @@ use argon2::Argon2;
 use tokio::sync::Semaphore;
 
 /// Hashes at once per process: each takes argon2's memory (19 MiB by default) and a core for tens
-/// of milliseconds; more wait their turn instead of exhausting memory under a login flood.
-const AT_ONCE: usize = 2;
+/// of milliseconds; more wait their turn, so that a flood of logins takes one core at most and
+/// never exhausts memory.
+const AT_ONCE: usize = 1;
 
 fn gate() -> &'static Arc<Semaphore> {
     static GATE: OnceLock<Arc<Semaphore>> = OnceLock::new();

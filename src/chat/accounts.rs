@@ -15,6 +15,18 @@ pub async fn register(ctx: &mut Ctx<'_>, name: Name, pass: String) -> Result<(),
     if let Some(current) = ctx.name().await? {
         return Err(ChatError::AlreadyNamed(current));
     }
+    // Taken already: no need to hash (the insert below still decides a race).
+    let store = &ctx.node.store;
+    if store
+        .account(&name.key())
+        .await
+        .map_err(unavailable)?
+        .is_some()
+    {
+        return Err(ChatError::NameTaken(name.to_string()));
+    }
+    // A hash costs a core for tens of milliseconds: as many as posts.
+    ctx.spend_send()?;
     let hash = password::hash(pass).await.map_err(|e| {
         warn!(error = %e, "cannot hash a password");
         ChatError::Unavailable
@@ -37,14 +49,16 @@ pub async fn register(ctx: &mut Ctx<'_>, name: Name, pass: String) -> Result<(),
     }
 }
 
-/// `WHOAMI`: the client id, the name, the mode.
+/// `WHOAMI`: the client id, the name (or the public id), the mode.
 pub async fn whoami(ctx: &mut Ctx<'_>) -> Result<(), ChatError> {
     let name = ctx.name().await?;
+    let shown = ctx.shown().await?;
     let id = ctx.me.to_string();
     let ack = ctx.ack;
     ctx.reply(ChatLine::WhoAmI {
         id: &id,
         name: name.as_deref(),
+        shown: &shown,
         ack,
     });
     Ok(())
@@ -58,6 +72,7 @@ pub async fn password(ctx: &mut Ctx<'_>, old: String, new: String) -> Result<(),
     let stored = account
         .filter(|(id, _)| *id == ctx.me)
         .map(|(_, hash)| hash);
+    ctx.spend_send()?;
     if !password::verify(old, stored).await {
         return Err(ChatError::WrongPassword);
     }

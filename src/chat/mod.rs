@@ -17,7 +17,7 @@ use crate::node::Node;
 use crate::protocol::chat_reply::{ChatError, ChatLine};
 use crate::protocol::ChatCommand;
 use crate::registry::Signals;
-use crate::store::StoreError;
+use crate::store::{Person, StoreError};
 use crate::ClientId;
 
 pub mod accounts;
@@ -43,8 +43,8 @@ const QUERY_TURN: Duration = Duration::from_secs(10);
 /// What a session keeps for its chat commands (made at its first one).
 #[derive(Debug)]
 pub struct ChatState {
-    /// The client's name, once looked up (`Some(None)`: it has none).
-    name: Option<Option<String>>,
+    /// The client as others see it, once looked up.
+    me: Option<Person>,
     /// `--send-rate`: posts.
     sends: Bucket,
     /// [`COMMAND_RATE`]: every chat command.
@@ -54,7 +54,7 @@ pub struct ChatState {
 impl ChatState {
     pub fn new(send_rate: u32) -> ChatState {
         ChatState {
-            name: None,
+            me: None,
             sends: Bucket::new(send_rate),
             commands: Bucket::new(COMMAND_RATE),
         }
@@ -71,8 +71,17 @@ pub struct Ctx<'a> {
     pub signals: &'a Signals,
     pub state: &'a mut ChatState,
     pub out: &'a mut BytesMut,
-    /// The posts the command made (room, seq): the session moves its read cursors to them.
-    pub posted: &'a mut Vec<(crate::RoomId, u64)>,
+    /// What the command changed that the session must follow at once.
+    pub effects: &'a mut Vec<Effect>,
+}
+
+/// A change a chat command made that its session follows at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    /// The client posted message `seq` in the room: its read cursor moves there.
+    Posted(crate::RoomId, u64),
+    /// The client left the room: nothing more of it is delivered, from now.
+    Left(crate::RoomId),
 }
 
 impl Ctx<'_> {
@@ -81,29 +90,35 @@ impl Ctx<'_> {
         line.write_to(self.out);
     }
 
-    /// The client's name, looked up once per session.
-    pub async fn name(&mut self) -> Result<Option<String>, ChatError> {
-        if let Some(name) = &self.state.name {
-            return Ok(name.clone());
+    /// The client as the store knows it, looked up once per session.
+    async fn myself(&mut self) -> Result<&Person, ChatError> {
+        if self.state.me.is_none() {
+            let person = self.node.store.person(self.me).await.map_err(unavailable)?;
+            self.state.me = Some(person.ok_or(ChatError::Unavailable)?);
         }
-        let person = self.node.store.person(self.me).await.map_err(unavailable)?;
-        let name = person.and_then(|p| p.name);
-        self.state.name = Some(name.clone());
-        Ok(name)
+        Ok(self.state.me.as_ref().expect("just set"))
     }
 
-    /// How this client is shown to others: its name, or its id.
+    /// The client's name, if it has one.
+    pub async fn name(&mut self) -> Result<Option<String>, ChatError> {
+        Ok(self.myself().await?.name.clone())
+    }
+
+    /// How this client is shown to others: its name, or its public id.
     pub async fn shown(&mut self) -> Result<String, ChatError> {
-        Ok(self.name().await?.unwrap_or_else(|| self.me.to_string()))
+        Ok(self.myself().await?.shown())
     }
 
     /// The client took a name.
     fn named(&mut self, name: String) {
-        self.state.name = Some(Some(name));
+        if let Some(me) = self.state.me.as_mut() {
+            me.name = Some(name.clone());
+            me.public = name;
+        }
     }
 
     /// Takes a post from the `--send-rate` allowance.
-    fn spend_send(&mut self) -> Result<(), ChatError> {
+    pub fn spend_send(&mut self) -> Result<(), ChatError> {
         if self.state.sends.take() {
             Ok(())
         } else {
@@ -124,11 +139,18 @@ pub async fn apply(ctx: &mut Ctx<'_>, cmd: ChatCommand) -> Result<(), ChatError>
         return Err(ChatError::TooManyCommands(COMMAND_RATE));
     }
     // Chat commands share at most half the pool, so that deliveries always find connections.
-    let gate = ctx.node.chat_queries.clone();
-    let _turn = tokio::time::timeout(QUERY_TURN, gate.acquire_owned())
-        .await
-        .map_err(|_| ChatError::Unavailable)?
-        .map_err(|_| ChatError::Unavailable)?;
+    // Those that hash a password wait for the hashing instead (one at a time per process) and
+    // must not hold a turn at MySQL meanwhile.
+    let _turn = if cmd.hashes_password() {
+        None
+    } else {
+        let gate = ctx.node.chat_queries.clone();
+        let turn = tokio::time::timeout(QUERY_TURN, gate.acquire_owned())
+            .await
+            .map_err(|_| ChatError::Unavailable)?
+            .map_err(|_| ChatError::Unavailable)?;
+        Some(turn)
+    };
     match cmd {
         ChatCommand::Register { name, password } => accounts::register(ctx, name, password).await,
         ChatCommand::WhoAmI => accounts::whoami(ctx).await,

@@ -21,9 +21,9 @@ pub struct Dest {
     pub peer: Option<ClientId>,
 }
 
-/// Posts `text` for the client to `dest`; replies `SENT <id>` once it is committed.
+/// Posts `text` for the client to `dest` (the caller took it from `--send-rate`); replies
+/// `SENT <id>` once it is committed.
 pub async fn post(ctx: &mut Ctx<'_>, dest: Dest, text: String) -> Result<(), ChatError> {
-    ctx.spend_send()?;
     let shown = ctx.shown().await?;
     let body = text.into_bytes();
     let stored = ctx
@@ -39,7 +39,7 @@ pub async fn post(ctx: &mut Ctx<'_>, dest: Dest, text: String) -> Result<(), Cha
         }
     };
     ctx.reply(ChatLine::Sent(row.id));
-    ctx.posted.push((dest.room, row.seq));
+    ctx.effects.push(super::Effect::Posted(dest.room, row.seq));
     let message = RoomMessage {
         room: dest.room,
         seq: row.seq,

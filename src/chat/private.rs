@@ -37,6 +37,8 @@ async fn ensure(ctx: &mut Ctx<'_>, p: &Person) -> Result<Dest, ChatError> {
 /// `SEND <name-or-id> <text>`: a message in the private room with that person.
 pub async fn send(ctx: &mut Ctx<'_>, to: Peer, text: String) -> Result<(), ChatError> {
     let p = resolve::other(ctx, &to).await?;
+    // Refused for its rate before anything is made: not even the private room.
+    ctx.spend_send()?;
     let dest = ensure(ctx, &p).await?;
     post::post(ctx, dest, text).await
 }
@@ -44,6 +46,8 @@ pub async fn send(ctx: &mut Ctx<'_>, to: Peer, text: String) -> Result<(), ChatE
 /// `PRIVATE <name-or-id>`: opens the private room with that person (nothing if it is open).
 pub async fn open(ctx: &mut Ctx<'_>, peer: Peer) -> Result<(), ChatError> {
     let p = resolve::other(ctx, &peer).await?;
+    // Opening a private room takes a place in the other's limit: it costs a post.
+    ctx.spend_send()?;
     let dest = ensure(ctx, &p).await?;
     let shown = p.shown();
     ctx.reply(ChatLine::PrivateOpened {

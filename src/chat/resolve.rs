@@ -15,6 +15,11 @@ pub async fn person(ctx: &Ctx<'_>, peer: &Peer) -> Result<Person, ChatError> {
             .await
             .map_err(unavailable)?
             .ok_or_else(|| ChatError::NoSuchClient(id.to_string())),
+        Peer::Public(public) => store
+            .person_public(public)
+            .await
+            .map_err(unavailable)?
+            .ok_or_else(|| ChatError::NoSuchClient(peer.to_string())),
         Peer::Name(name) => {
             if let Some(p) = store.person_named(&name.key()).await.map_err(unavailable)? {
                 return Ok(p);

@@ -95,6 +95,7 @@ pub async fn leave(ctx: &mut Ctx<'_>, target: Target) -> Result<(), ChatError> {
     if !left {
         return Err(ChatError::NotMember(label));
     }
+    ctx.effects.push(super::Effect::Left(info.id));
     ctx.signals.wake_reload();
     ctx.reply(ChatLine::Left(&label));
     Ok(())
@@ -123,28 +124,31 @@ pub async fn invite(ctx: &mut Ctx<'_>, room: Name, who: Peer) -> Result<(), Chat
         });
         return Ok(());
     }
-    store
+    // An invitation is a message in the invited client's queue: it costs a post.
+    ctx.spend_send()?;
+    let fresh = store
         .invite(info.id, p.id, ctx.me)
         .await
         .map_err(unavailable)?;
-    let by = ctx.shown().await?;
-    let notice = ChatLine::InviteNotice {
-        by: &by,
-        label: &label,
-    }
-    .text();
-    if store
-        .enqueue(p.id, notice.as_bytes())
-        .await
-        .map_err(unavailable)?
-        .is_some()
-    {
-        match ctx.node.bus.notify(p.id).await {
-            Ok(_) => {}
-            Err(e) => warn!(error = %e, "could not tell the invited client's node"),
+    if fresh {
+        let by = ctx.shown().await?;
+        let notice = ChatLine::InviteNotice {
+            by: &by,
+            label: &label,
         }
-        // Held on this node: wake it directly (the notification above finds it too).
-        ctx.node.registry.wake(p.id);
+        .text();
+        if store
+            .enqueue(p.id, notice.as_bytes())
+            .await
+            .map_err(unavailable)?
+            .is_some()
+        {
+            if let Err(e) = ctx.node.bus.notify(p.id).await {
+                warn!(error = %e, "could not tell the invited client's node");
+            }
+            // Held on this node: wake it directly (the notification above finds it too).
+            ctx.node.registry.wake(p.id);
+        }
     }
     ctx.reply(ChatLine::Invited {
         who: &shown,
@@ -160,6 +164,7 @@ pub async fn say(ctx: &mut Ctx<'_>, to: Target, text: String) -> Result<(), Chat
         Target::Person(peer) => super::private::send(ctx, peer, text).await,
         Target::Room(name) => {
             let info = resolve::room(ctx, &name).await?;
+            ctx.spend_send()?;
             let dest = Dest {
                 room: info.id,
                 label: room_label(&info.name),

@@ -7,6 +7,8 @@ use super::{words, Echo};
 pub const HISTORY_DEFAULT: u32 = 20;
 /// Most messages per `HISTORY` page.
 pub const HISTORY_MAX: u32 = 100;
+/// The last page a list goes to (50,000 lines at 50 a page).
+pub const MAX_PAGE: u32 = 1000;
 /// Shortest password, in bytes.
 pub const PASSWORD_MIN: usize = 8;
 /// Longest password, in bytes.
@@ -69,6 +71,14 @@ pub enum ChatCommand {
 }
 
 impl ChatCommand {
+    /// Whether the command hashes a password (slow on purpose).
+    pub fn hashes_password(&self) -> bool {
+        matches!(
+            self,
+            ChatCommand::Register { .. } | ChatCommand::Password { .. }
+        )
+    }
+
     /// Whether the command answers from the read cursors (so that they must be up to date).
     pub fn reads_cursors(&self) -> bool {
         matches!(self, ChatCommand::Rooms { .. } | ChatCommand::Read { .. })
@@ -86,9 +96,11 @@ pub enum ChatSyntax {
     Target(#[from] TargetError),
     #[error("message text must be UTF-8")]
     NotUtf8,
+    #[error("message text contains control characters (only TAB is allowed)")]
+    ControlCharacters,
     #[error("a password is {PASSWORD_MIN} to {PASSWORD_MAX} bytes without blanks")]
     PasswordRules,
-    #[error("{0} is not a page number (1, 2, ...)")]
+    #[error("{0} is not a page number (1 to {MAX_PAGE})")]
     BadPage(Echo),
     #[error("the count is 1 to {HISTORY_MAX} messages, not {0}")]
     BadCount(Echo),
@@ -178,7 +190,7 @@ fn parse_page(w: &[u8]) -> Result<u32, ChatSyntax> {
     std::str::from_utf8(w)
         .ok()
         .and_then(|s| s.parse::<u32>().ok())
-        .filter(|p| (1..=1_000_000).contains(p))
+        .filter(|p| (1..=MAX_PAGE).contains(p))
         .ok_or_else(|| ChatSyntax::BadPage(Echo::of(w)))
 }
 
@@ -232,6 +244,10 @@ fn target_and_text<'a>(
 ) -> Result<(&'a [u8], String), ChatSyntax> {
     let target = words(line).nth(1).ok_or(ChatSyntax::Usage(usage))?;
     let text = tail(line, 2).ok_or(ChatSyntax::Usage(usage))?;
+    // A CR inside a line, ESC and the like would reach other people's terminals.
+    if text.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+        return Err(ChatSyntax::ControlCharacters);
+    }
     let text = String::from_utf8(text.to_vec()).map_err(|_| ChatSyntax::NotUtf8)?;
     Ok((target, text))
 }
@@ -397,6 +413,15 @@ mod tests {
             parse("SEND", b"SEND bob \xff\xfe"),
             Some(Err(ChatSyntax::NotUtf8))
         );
+        for bad in [&b"SAY #x a\rb"[..], b"SAY #x \x1b[2Jhi", b"SEND bob a\x7fb"] {
+            let verb = if bad.starts_with(b"SAY") {
+                "SAY"
+            } else {
+                "SEND"
+            };
+            assert_eq!(parse(verb, bad), Some(Err(ChatSyntax::ControlCharacters)));
+        }
+        assert!(matches!(parse("SAY", b"SAY #xy a\tb"), Some(Ok(_))));
     }
 
     #[test]

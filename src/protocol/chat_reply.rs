@@ -25,10 +25,11 @@ pub enum ChatLine<'a> {
     /// `SENT <message_id>`: the message is stored (after the commit).
     Sent(u64),
     Registered(&'a str),
-    /// `WHOAMI`: client id, name, acknowledged mode.
+    /// `WHOAMI`: client id, name, how others see the client, acknowledged mode.
     WhoAmI {
         id: &'a str,
         name: Option<&'a str>,
+        shown: &'a str,
         ack: bool,
     },
     PasswordChanged,
@@ -133,13 +134,21 @@ impl ChatLine<'_> {
                     "OK: registered as {name}; answer GET_CLIENT_ID with LOGIN {name} <password> to come back on any node"
                 );
             }
-            ChatLine::WhoAmI { id, name, ack } => {
+            ChatLine::WhoAmI {
+                id,
+                name,
+                shown,
+                ack,
+            } => {
                 let mode = if *ack { "acknowledged" } else { "plain" };
                 let _ = match name {
-                    Some(name) => write!(text, "OK: you are {name}, client id {id}, {mode} mode"),
+                    Some(name) => write!(
+                        text,
+                        "OK: you are {name}, client id {id} (keep it private), {mode} mode"
+                    ),
                     None => write!(
                         text,
-                        "OK: you are client id {id} without a name ({mode} mode); REGISTER <name> <password> takes one"
+                        "OK: you are {shown} to others, client id {id} (keep it private), {mode} mode; REGISTER <name> <password> takes a name"
                     ),
                 };
             }

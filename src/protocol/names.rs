@@ -53,17 +53,22 @@ impl fmt::Display for Name {
 #[error("{0} is not a valid name: 2-32 letters, digits, '_', '.' or '-', starting with a letter")]
 pub struct NameError(Echo);
 
-/// Another person, by name or by client id (clients without a name are known by their id).
+/// Another person: by name; by public id (`~<16 hex>`, how a client without a name is shown to
+/// others); or by client id (the credential: whoever knows it may use it, but it is never shown).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Peer {
     Name(Name),
+    Public([u8; 8]),
     Id(ClientId),
 }
 
 impl Peer {
-    /// `alice`, `@alice` or a client id.
+    /// `alice`, `@alice`, `~1de63a79f82e4654` or a client id.
     pub fn parse(raw: &[u8]) -> Result<Peer, NameError> {
         let raw = raw.strip_prefix(b"@").unwrap_or(raw);
+        if let Some(public) = raw.strip_prefix(b"~").and_then(parse_public) {
+            return Ok(Peer::Public(public));
+        }
         if let Some(id) = std::str::from_utf8(raw)
             .ok()
             .and_then(|s| s.parse::<ClientId>().ok())
@@ -74,10 +79,27 @@ impl Peer {
     }
 }
 
+/// 16 hex digits.
+fn parse_public(hex: &[u8]) -> Option<[u8; 8]> {
+    if hex.len() != 16 {
+        return None;
+    }
+    let mut out = [0u8; 8];
+    for (i, pair) in hex.chunks(2).enumerate() {
+        out[i] = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+    }
+    Some(out)
+}
+
 impl fmt::Display for Peer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Peer::Name(name) => name.fmt(f),
+            Peer::Public(public) => {
+                f.write_str("~")?;
+                public.iter().try_for_each(|b| write!(f, "{b:02x}"))
+            }
+            // Only the client itself ever writes its id; echoed back to it alone.
             Peer::Id(id) => id.fmt(f),
         }
     }
@@ -134,7 +156,7 @@ pub fn room_label(name: &str) -> String {
     format!("#{name}")
 }
 
-/// How the private room with a person is shown to the other one: `@alice` (or `@<client id>`).
+/// How the private room with a person is shown to the other one: `@alice` (or `@~<public id>`).
 pub fn private_label(peer: &str) -> String {
     format!("@{peer}")
 }
@@ -188,6 +210,14 @@ mod tests {
             Target::person_first(id.to_string().as_bytes()),
             Ok(Target::Person(Peer::Id(id)))
         );
+        let public = Peer::parse(b"~1de63a79f82e4654").unwrap();
+        assert_eq!(
+            public,
+            Peer::Public([0x1d, 0xe6, 0x3a, 0x79, 0xf8, 0x2e, 0x46, 0x54])
+        );
+        assert_eq!(public.to_string(), "~1de63a79f82e4654");
+        assert!(Peer::parse(b"~1de63a79").is_err());
+        assert!(Peer::parse(b"~zze63a79f82e4654").is_err());
         assert!(matches!(
             Target::room_first(b"alice+bob"),
             Err(TargetError::PrivateName(_))

@@ -35,15 +35,18 @@ impl<S: AsyncRead + AsyncWrite> Session<S> {
         let ack = hello.ack;
         let identity = match hello.identity {
             Identity::Login { name, password } => {
-                // Boxed: the password check's state is large and rare.
-                match Box::pin(accounts::login(&self.node, &name, password)).await {
-                    Ok(Some(id)) => Identity::Resume(id),
-                    Ok(None) => {
+                // Boxed: the password check's state is large and rare. Bounded by the handshake
+                // deadline too: logins queue for the hashing under a flood.
+                let check = Box::pin(accounts::login(&self.node, &name, password));
+                match timeout(limit, check).await {
+                    Err(_) => return Err(SessionError::HandshakeTimeout(limit.as_secs())),
+                    Ok(Ok(Some(id))) => Identity::Resume(id),
+                    Ok(Ok(None)) => {
                         self.failed();
                         info!(name = %name, "login refused");
                         return Err(SessionError::WrongLogin);
                     }
-                    Err(e) => {
+                    Ok(Err(e)) => {
                         warn!(error = %e, "MySQL unavailable during login");
                         return Err(SessionError::Unavailable);
                     }

@@ -17,7 +17,7 @@ mod rooms;
 mod round;
 
 use crate::bus::Owner;
-use crate::chat::{self, ChatState, Ctx};
+use crate::chat::{self, ChatState, Ctx, Effect};
 use crate::codec::{LineCodec, LineError};
 use crate::delivery::Cursor;
 use crate::node::Node;
@@ -235,7 +235,7 @@ impl<S: AsyncRead + AsyncWrite> Session<S> {
                 let state = self
                     .chat
                     .get_or_insert_with(|| Box::new(ChatState::new(send_rate)));
-                let mut posted = Vec::new();
+                let mut effects = Vec::new();
                 let mut ctx = Ctx {
                     node: &self.node,
                     me: reg.client_id,
@@ -243,18 +243,12 @@ impl<S: AsyncRead + AsyncWrite> Session<S> {
                     signals: &reg.signals,
                     state,
                     out: &mut self.out,
-                    posted: &mut posted,
+                    effects: &mut effects,
                 };
                 if let Err(e) = chat::apply(&mut ctx, cmd).await {
                     self.out_reply(Reply::Error(&e));
                 }
-                if !posted.is_empty() {
-                    let streams = self.streams.get_or_insert_with(Box::default);
-                    for (room, seq) in posted {
-                        streams.posted(room, seq);
-                    }
-                    cursor.record_within(rooms::ROOM_RECORD_DELAY);
-                }
+                self.follow(reg, cursor, effects);
             }
             Err(e) => self.out_reply(Reply::Error(&e)),
         }
@@ -279,6 +273,14 @@ impl<S: AsyncRead + AsyncWrite> Session<S> {
         let _ = self.writer.shutdown().await;
         self.node.registry.unregister(reg.client_id, reg.epoch);
         self.leave_rooms(reg);
+        // A background record of the rooms' cursors first: the release writes the same rows.
+        if let Some(recording) = self.recording.take() {
+            if let Ok(Ok((rooms, Ok(true)))) = timeout(BYE_TIMEOUT * 10, recording).await {
+                if let Some(streams) = self.streams.as_mut() {
+                    streams.recorded(&rooms);
+                }
+            }
+        }
         if cursor.holding {
             if let Err(e) = self.mark_acks(reg, cursor).await {
                 warn!(error = %e, "could not record acknowledgements against deadlines");
@@ -312,6 +314,27 @@ impl<S: AsyncRead + AsyncWrite> Session<S> {
             End::Io(e) => info!(error = %e, "session ended by a socket error"),
             End::WriteTimeout => info!("session ended: client stopped reading"),
             other => info!(reason = ?other, "session ended"),
+        }
+    }
+
+    /// Follows what a chat command changed: read cursors to move, rooms left.
+    fn follow(&mut self, reg: &Registration, cursor: &mut Cursor, effects: Vec<Effect>) {
+        if effects.is_empty() {
+            return;
+        }
+        let streams = self.streams.get_or_insert_with(Box::default);
+        for effect in effects {
+            match effect {
+                Effect::Posted(room, seq) => {
+                    streams.posted(room, seq);
+                    cursor.record_within(rooms::ROOM_RECORD_DELAY);
+                }
+                Effect::Left(room) => {
+                    if streams.remove(room) {
+                        self.node.hub.leave(room, &reg.signals);
+                    }
+                }
+            }
         }
     }
 

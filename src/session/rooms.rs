@@ -52,6 +52,13 @@ impl Streams {
         self.rooms.get_mut(&room).map(|s| &mut s.progress)
     }
 
+    /// The client left `room`: its stream goes (its cursor row went with the membership).
+    /// `true` if it was there.
+    pub(super) fn remove(&mut self, room: RoomId) -> bool {
+        self.reads.remove(&room);
+        self.rooms.remove(&room).is_some()
+    }
+
     /// The client posted `seq` in `room`: its read cursor moves there with the next record.
     pub(super) fn posted(&mut self, room: RoomId, seq: u64) {
         let read = self.reads.entry(room).or_default();
@@ -161,7 +168,6 @@ impl<S: AsyncRead + AsyncWrite> Session<S> {
             streams.rooms.remove(&room);
             node.hub.leave(room, &reg.signals);
         }
-        reg.signals.loaded(version);
         // Subscribe, then read: a post committed before the node listened is in the heads read
         // after it.
         for (room, group) in &fresh {
@@ -171,10 +177,23 @@ impl<S: AsyncRead + AsyncWrite> Session<S> {
         }
         let ids: Vec<RoomId> = fresh.iter().map(|(r, _)| *r).collect();
         for chunk in ids.chunks(500) {
-            for (room, head) in node.store.room_heads(chunk).await? {
-                node.hub.advance(room, head);
+            match node.store.room_heads(chunk).await {
+                Ok(heads) => {
+                    for (room, head) in heads {
+                        node.hub.advance(room, head);
+                    }
+                }
+                Err(e) => {
+                    // The next load takes these rooms as new again, heads and all.
+                    for room in &ids {
+                        streams.rooms.remove(room);
+                        node.hub.leave(*room, &reg.signals);
+                    }
+                    return Err(e);
+                }
             }
         }
+        reg.signals.loaded(version);
         for room in ids {
             reg.signals.wake_room(room);
         }
@@ -202,11 +221,20 @@ impl<S: AsyncRead + AsyncWrite> Session<S> {
         let page = node.config.page_size;
         let ack = cursor.acknowledged();
         let mut rendered = false;
-        for room in rooms {
+        // One page in all per round, however many rooms woke: the session holds at most a page
+        // in memory; the rooms left wait for the next round.
+        let mut budget = page;
+        for (i, room) in rooms.iter().copied().enumerate() {
+            if budget == 0 || reg.kicked.is_cancelled() {
+                for left in &rooms[i..] {
+                    reg.signals.wake_room(*left);
+                }
+                break;
+            }
             let Some(stream) = streams.rooms.get_mut(&room) else {
                 continue;
             };
-            let room_for = stream.progress.room(page);
+            let room_for = stream.progress.room(budget);
             let after = stream.progress.sent;
             if room_for == 0 || after >= node.hub.head(room) {
                 continue;
@@ -229,6 +257,7 @@ impl<S: AsyncRead + AsyncWrite> Session<S> {
             let Some(last) = messages.last() else {
                 continue;
             };
+            budget = budget.saturating_sub(messages.len());
             stats::fetched(messages.len());
             for m in &messages {
                 if m.sender == Some(reg.client_id) {

@@ -16,17 +16,19 @@ pub enum Registered {
     AlreadyNamed(String),
 }
 
-/// A person as the store knows them: the id, and how to show them (the name, or the id).
+/// A person as the store knows them: the id, the name if any, and how others see them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Person {
     pub id: ClientId,
     pub name: Option<String>,
+    /// The name, or the public id `~<16 hex>` (never the client id: it is the credential).
+    pub public: String,
 }
 
 impl Person {
-    /// The name, or the client id for a client without one.
+    /// How others see this person.
     pub fn shown(&self) -> String {
-        self.name.clone().unwrap_or_else(|| self.id.to_string())
+        self.public.clone()
     }
 }
 
@@ -102,36 +104,51 @@ impl Store {
 
     /// The person named `key` (a name in lower case), if any.
     pub async fn person_named(&self, key: &str) -> Result<Option<Person>, StoreError> {
-        let row: Option<(Vec<u8>, String)> = self
+        self.person_where(
+            "c.id = (SELECT client_id FROM accounts WHERE name_key = ?)",
+            key.as_bytes(),
+        )
+        .await
+    }
+
+    /// The client with this id, if it exists.
+    pub async fn person(&self, id: ClientId) -> Result<Option<Person>, StoreError> {
+        self.person_where("c.id = ?", id.as_bytes()).await
+    }
+
+    /// The client with this public id (`~<16 hex>` without the `~`), if exactly one has it.
+    pub async fn person_public(&self, public: &[u8; 8]) -> Result<Option<Person>, StoreError> {
+        self.person_where("c.public_id = ?", public).await
+    }
+
+    async fn person_where(
+        &self,
+        condition: &str,
+        key: &[u8],
+    ) -> Result<Option<Person>, StoreError> {
+        let rows: Vec<(Vec<u8>, Option<String>, String)> = self
             .timed(async {
                 let mut conn = self.pool.get_conn().await?;
-                conn.exec_first(
-                    "SELECT client_id, name FROM accounts WHERE name_key = ?",
+                conn.exec(
+                    format!(
+                        "SELECT c.id, c.name, {} FROM clients c WHERE {condition} LIMIT 2",
+                        super::shown_sql("c")
+                    ),
                     (key,),
                 )
                 .await
             })
             .await?;
-        Ok(row.and_then(|(id, name)| {
+        // Two clients with one public id (64 bits: not in practice): neither is meant.
+        if rows.len() != 1 {
+            return Ok(None);
+        }
+        Ok(rows.into_iter().next().and_then(|(id, name, public)| {
             Some(Person {
                 id: ClientId::from_slice(&id)?,
-                name: Some(name),
+                name,
+                public,
             })
         }))
-    }
-
-    /// The client with this id, if it exists, and its name.
-    pub async fn person(&self, id: ClientId) -> Result<Option<Person>, StoreError> {
-        let row: Option<Option<String>> = self
-            .timed(async {
-                let mut conn = self.pool.get_conn().await?;
-                conn.exec_first(
-                    "SELECT name FROM clients WHERE id = ?",
-                    (&id.as_bytes()[..],),
-                )
-                .await
-            })
-            .await?;
-        Ok(row.map(|name| Person { id, name }))
     }
 }

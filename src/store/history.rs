@@ -2,8 +2,9 @@
 
 use mysql_async::prelude::*;
 
-use super::posts::{message, MessageRow, RoomMessage, MESSAGE_COLUMNS};
+use super::posts::{message, message_columns, MessageRow, RoomMessage};
 use super::rooms::{shown_as, RoomKind};
+use super::shown_sql;
 use super::{Store, StoreError};
 use crate::{ClientId, RoomId};
 
@@ -60,9 +61,10 @@ impl Store {
                 };
                 conn.exec(
                     format!(
-                        "SELECT {MESSAGE_COLUMNS} FROM messages m \
+                        "SELECT {} FROM messages m \
                          LEFT JOIN clients s ON s.id = m.sender_id \
-                         WHERE m.client_id = ? AND m.seq < ? ORDER BY m.seq DESC LIMIT ?"
+                         WHERE m.client_id = ? AND m.seq < ? ORDER BY m.seq DESC LIMIT ?",
+                        message_columns()
                     ),
                     (&room.as_bytes()[..], below, count),
                 )
@@ -162,9 +164,10 @@ impl Store {
                     .await?;
                 let rows = conn
                     .exec(
-                        "SELECT r.id, r.kind, r.name, m.peer_id, p.name, \
+                        format!(
+                        "SELECT r.id, r.kind, r.name, m.peer_id, {}, \
                          r.last_seq - LEAST(r.last_seq, GREATEST(m.read_seq, m.joined_seq)), \
-                         lm.seq, lm.id, lm.sender_id, s.name, lm.body, \
+                         lm.seq, lm.id, lm.sender_id, {}, lm.body, \
                          CAST(UNIX_TIMESTAMP(lm.enqueued_at) * 1000000 AS UNSIGNED) \
                          FROM members m JOIN rooms r ON r.id = m.room_id \
                          LEFT JOIN clients p ON p.id = m.peer_id \
@@ -172,6 +175,7 @@ impl Store {
                          LEFT JOIN clients s ON s.id = lm.sender_id \
                          WHERE m.client_id = ? \
                          ORDER BY COALESCE(lm.enqueued_at, r.created_at) DESC, r.id LIMIT ? OFFSET ?",
+                        shown_sql("p"), shown_sql("s")),
                         (&client.as_bytes()[..], limit, offset),
                     )
                     .await?;
@@ -181,10 +185,23 @@ impl Store {
         let rows = rows
             .into_iter()
             .filter_map(
-                |(room, kind, name, peer, peer_name, unread, seq, id, sender, sname, body, at)| {
+                |(
+                    room,
+                    kind,
+                    name,
+                    _peer,
+                    peer_shown,
+                    unread,
+                    seq,
+                    id,
+                    sender,
+                    sname,
+                    body,
+                    at,
+                )| {
                     let room = RoomId::from_slice(&room)?;
                     let kind = RoomKind::from_code(kind);
-                    let shown_as = shown_as(kind, name, peer, peer_name)?;
+                    let shown_as = shown_as(kind, name, peer_shown)?;
                     let last = match (seq, id, body, at) {
                         (Some(seq), Some(id), Some(body), Some(at)) => {
                             Some(message(room, (seq, id, sender, sname, body, at)))

@@ -28,6 +28,11 @@ const MIGRATIONS: &[(u32, &str, &str)] = &[
         include_str!("../../sql/0006_holders.sql"),
     ),
     (7, "0007_chat", include_str!("../../sql/0007_chat.sql")),
+    (
+        8,
+        "0008_public_ids",
+        include_str!("../../sql/0008_public_ids.sql"),
+    ),
 ];
 
 /// Creates the database if needed, then applies pending migrations under a named lock,

@@ -248,6 +248,13 @@ impl Store {
     }
 }
 
+/// SQL: how the client in the `clients` row `alias` is shown to others: its name, or its public
+/// id `~<16 hex>` (never its client id, which is its credential); `*` when there is no row (a
+/// producer's post).
+pub(crate) fn shown_sql(alias: &str) -> String {
+    format!("COALESCE({alias}.name, CONCAT('~', LOWER(HEX({alias}.public_id))), '*')")
+}
+
 /// `X'..',X'..'` for an `IN (...)` list: hex literals of our own typed ids, so no injection is
 /// possible and no prepared statement is made per list length.
 fn hex_list(ids: &[ClientId]) -> String {

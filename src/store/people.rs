@@ -3,14 +3,14 @@
 use mysql_async::prelude::*;
 
 use super::liveness::node_lock;
-use super::posts::shown;
+use super::shown_sql;
 use super::{Store, StoreError};
 use crate::{ClientId, RoomId};
 
 /// A person in a list, and whether they are online.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listed {
-    /// The name, or the client id.
+    /// The name, or the public id.
     pub shown: String,
     pub online: bool,
 }
@@ -24,16 +24,13 @@ fn online(cursor: &str) -> String {
     )
 }
 
-/// The order of people in a list: named ones by name, then the others by id.
-const BY_NAME: &str = "c.name IS NULL, c.name, c.id";
+/// The order of people in a list: named ones by name, then the others by public id.
+const BY_NAME: &str = "c.name IS NULL, c.name, c.public_id";
 
-type PersonRow = (Vec<u8>, Option<String>, bool);
+type PersonRow = (String, bool);
 
-fn listed((id, name, online): PersonRow) -> Listed {
-    Listed {
-        shown: shown(ClientId::from_slice(&id), name),
-        online,
-    }
+fn listed((shown, online): PersonRow) -> Listed {
+    Listed { shown, online }
 }
 
 impl Store {
@@ -51,8 +48,9 @@ impl Store {
                 let rows = conn
                     .exec(
                         format!(
-                            "SELECT c.id, c.name, 1 FROM cursors d JOIN clients c ON c.id = d.client_id \
-                             WHERE d.holder_node IS NOT NULL AND {live} ORDER BY {BY_NAME} LIMIT ? OFFSET ?"
+                            "SELECT {}, 1 FROM cursors d JOIN clients c ON c.id = d.client_id \
+                             WHERE d.holder_node IS NOT NULL AND {live} ORDER BY {BY_NAME} LIMIT ? OFFSET ?",
+                            shown_sql("c")
                         ),
                         (limit, offset),
                     )
@@ -172,9 +170,10 @@ impl Store {
                 let rows = conn
                     .exec(
                         format!(
-                            "SELECT c.id, c.name, {live} FROM {from} \
+                            "SELECT {}, {live} FROM {from} \
                              JOIN cursors d ON d.client_id = c.id \
-                             WHERE {on_cursor} ORDER BY {BY_NAME} LIMIT ? OFFSET ?"
+                             WHERE {on_cursor} ORDER BY {BY_NAME} LIMIT ? OFFSET ?",
+                            shown_sql("c")
                         ),
                         (&key[..], limit, offset),
                     )

@@ -39,7 +39,7 @@ pub struct RoomMessage {
     pub seq: u64,
     pub id: u64,
     pub sender: Option<ClientId>,
-    /// How the sender is shown: its name, its id, or `*` for a producer.
+    /// How the sender is shown: its name, its public id `~<hex>`, or `*` for a producer.
     pub shown: String,
     pub body: Vec<u8>,
     /// When it was stored, in microseconds since the Unix epoch.
@@ -55,6 +55,9 @@ pub enum RoomFetch {
     Stale,
 }
 
+/// Most member rows one statement of [`Store::record_room_cursors`] updates.
+const ROOM_CURSOR_ROWS: usize = 1000;
+
 /// Where one member is in one room: delivered up to, read up to (0: leave as it is).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RoomCursor {
@@ -66,12 +69,17 @@ pub struct RoomCursor {
 /// How far one session got in its rooms: (client, epoch, cursors).
 pub type RoomProgress = (ClientId, u64, Vec<RoomCursor>);
 
-/// The columns of a message with its sender's name (`m`: messages, `s`: the sender's clients row),
-/// as [`MessageRow`].
-pub(super) const MESSAGE_COLUMNS: &str = "m.seq, m.id, m.sender_id, s.name, m.body, \
-     CAST(UNIX_TIMESTAMP(m.enqueued_at) * 1000000 AS UNSIGNED)";
+/// The columns of a message with how its sender is shown (`m`: messages, `s`: the sender's
+/// clients row), as [`MessageRow`].
+pub(super) fn message_columns() -> String {
+    format!(
+        "m.seq, m.id, m.sender_id, {}, m.body, \
+         CAST(UNIX_TIMESTAMP(m.enqueued_at) * 1000000 AS UNSIGNED)",
+        super::shown_sql("s")
+    )
+}
 
-/// A row of [`MESSAGE_COLUMNS`].
+/// A row of [`message_columns`].
 pub(super) type MessageRow = (u64, u64, Option<Vec<u8>>, Option<String>, Vec<u8>, u64);
 
 /// A message of `room` from a row of [`MESSAGE_COLUMNS`].
@@ -295,9 +303,10 @@ impl Store {
                     .await?;
                 let rows = conn
                     .query(format!(
-                        "SELECT m.client_id, {MESSAGE_COLUMNS} \
+                        "SELECT m.client_id, {} \
                          FROM messages m LEFT JOIN clients s ON s.id = m.sender_id \
-                         WHERE {ranges} ORDER BY m.client_id, m.seq"
+                         WHERE {ranges} ORDER BY m.client_id, m.seq",
+                        message_columns()
                     ))
                     .await?;
                 Ok((epochs, rows))
@@ -365,20 +374,30 @@ impl Store {
         let holders: Vec<(Vec<u8>, Option<u64>)> = self
             .timed(async {
                 let mut conn = self.pool.get_conn().await?;
-                // Fenced by the delivery right, checked per row in the same statement; the holders
-                // are read after it, so a right lost before the update reads as lost.
-                conn.query_drop(format!(
-                    "UPDATE members m JOIN cursors d ON d.client_id = m.client_id \
-                     JOIN ({}) v ON m.client_id = v.c AND m.room_id = v.r AND d.holder_epoch = v.e \
-                     SET m.delivered_seq = GREATEST(m.delivered_seq, v.s), \
-                     m.read_seq = GREATEST(m.read_seq, v.rd)",
-                    literal_rows(&["c", "r", "s", "rd", "e"], &rows)
-                ))
-                .await?;
-                conn.query(format!(
-                    "SELECT client_id, holder_epoch FROM cursors WHERE client_id IN ({clients})"
-                ))
-                .await
+                let mut tx = conn.start_transaction(TxOpts::default()).await?;
+                // The cursors rows first, shared, in key order (as every writer of cursors takes
+                // them): two batches that share clients cannot deadlock.
+                let holders = tx
+                    .query(format!(
+                        "SELECT client_id, holder_epoch FROM cursors WHERE client_id IN ({clients}) \
+                         ORDER BY client_id LOCK IN SHARE MODE"
+                    ))
+                    .await?;
+                // Fenced by the delivery right, checked per row (the holders cannot change under
+                // the shared locks).
+                for chunk in rows.chunks(ROOM_CURSOR_ROWS) {
+                    tx.query_drop(format!(
+                        "UPDATE members m JOIN cursors d ON d.client_id = m.client_id \
+                         JOIN ({}) v ON m.client_id = v.c AND m.room_id = v.r \
+                         AND d.holder_epoch = v.e \
+                         SET m.delivered_seq = GREATEST(m.delivered_seq, v.s), \
+                         m.read_seq = GREATEST(m.read_seq, v.rd)",
+                        literal_rows(&["c", "r", "s", "rd", "e"], chunk)
+                    ))
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(holders)
             })
             .await?;
         let holders: HashMap<Vec<u8>, Option<u64>> = holders.into_iter().collect();
@@ -405,6 +424,5 @@ mod tests {
             literal_rows(&["a", "b"], &rows),
             "SELECT 1 AS a, 2 AS b UNION ALL SELECT 3, 4"
         );
-        assert_eq!(shown(None, None), "*");
     }
 }

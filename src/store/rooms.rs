@@ -87,20 +87,11 @@ pub struct Membership {
     pub last_seq: u64,
 }
 
-/// How a room is named to a member: its name, or for a private room the other member's name (or
-/// id, for a client without a name).
-pub(super) fn shown_as(
-    kind: RoomKind,
-    name: String,
-    peer: Option<Vec<u8>>,
-    peer_name: Option<String>,
-) -> Option<String> {
+/// How a room is named to a member: its name, or for a private room how the other member is
+/// shown (`peer_shown`: its name or public id, from [`super::shown_sql`]).
+pub(super) fn shown_as(kind: RoomKind, name: String, peer_shown: Option<String>) -> Option<String> {
     match kind {
-        RoomKind::Private => peer_name.or_else(|| {
-            peer.as_deref()
-                .and_then(ClientId::from_slice)
-                .map(|p| p.to_string())
-        }),
+        RoomKind::Private => peer_shown,
         _ => Some(name),
     }
 }
@@ -327,25 +318,26 @@ impl Store {
         Ok(row.is_some())
     }
 
-    /// Records an invitation of `who` to `room` by `by` (kept until `who` joins).
+    /// Records an invitation of `who` to `room` by `by` (kept until `who` joins); `false` when it
+    /// was invited already.
     pub async fn invite(
         &self,
         room: RoomId,
         who: ClientId,
         by: ClientId,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         self.timed(async {
             let mut conn = self.pool.get_conn().await?;
             conn.exec_drop(
-                "INSERT INTO invites (room_id, client_id, invited_by) VALUES (?, ?, ?) \
-                 ON DUPLICATE KEY UPDATE invited_by = VALUES(invited_by), created_at = NOW(6)",
+                "INSERT IGNORE INTO invites (room_id, client_id, invited_by) VALUES (?, ?, ?)",
                 (
                     &room.as_bytes()[..],
                     &who.as_bytes()[..],
                     &by.as_bytes()[..],
                 ),
             )
-            .await
+            .await?;
+            Ok(conn.affected_rows() == 1)
         })
         .await
     }
@@ -447,9 +439,12 @@ impl Store {
                     .await?;
                 let rows = conn
                     .exec(
-                        "SELECT m.room_id, r.kind, r.name, m.peer_id, p.name, m.delivered_seq, \
+                        format!(
+                            "SELECT m.room_id, r.kind, r.name, m.peer_id, {}, m.delivered_seq, \
                          r.last_seq FROM members m JOIN rooms r ON r.id = m.room_id \
                          LEFT JOIN clients p ON p.id = m.peer_id WHERE m.client_id = ?",
+                            super::shown_sql("p")
+                        ),
                         (&client.as_bytes()[..],),
                     )
                     .await?;
@@ -459,9 +454,9 @@ impl Store {
         let rooms = rows
             .into_iter()
             .filter_map(
-                |(room, kind, name, peer, peer_name, delivered_seq, last_seq)| {
+                |(room, kind, name, _peer, peer_shown, delivered_seq, last_seq)| {
                     let kind = RoomKind::from_code(kind);
-                    let shown = shown_as(kind, name, peer, peer_name)?;
+                    let shown = shown_as(kind, name, peer_shown)?;
                     Some(Membership {
                         room: RoomId::from_slice(&room)?,
                         kind,

@@ -402,7 +402,14 @@ impl Store {
         self.timed(async {
             let mut conn = self.pool.get_conn().await?;
             let mut tx = conn.start_transaction(TxOpts::default()).await?;
-            // The rooms first, while the right is still held (the update checks it per row).
+            // The cursors row first (as every writer of cursors and members takes them: no
+            // deadlock with a batch of room cursors), then the rooms while the right is still
+            // held (the update checks it per row), then the right given up.
+            tx.exec_drop(
+                "SELECT holder_epoch FROM cursors WHERE client_id = ? FOR UPDATE",
+                (&id.as_bytes()[..],),
+            )
+            .await?;
             for c in rooms {
                 tx.exec_drop(
                     "UPDATE members m JOIN cursors d ON d.client_id = m.client_id \

@@ -20,8 +20,8 @@ fn online_lists_the_whole_cluster_in_pages_and_drops_a_crashed_nodes_clients() {
     let mut alice = Chatter::named(&a, "alice", "alice-pass");
     let _bob = Chatter::named(&b, "bob", "bob-pass-1");
     let _carol = Chatter::named(&c, "carol", "carol-pass");
-    // Unnamed clients are listed by id, after the names.
-    let plain: Vec<_> = (0..49).map(|_| Chatter::new(&b)).collect();
+    // Unnamed clients are listed by public id, after the names; never by client id (a credential).
+    let mut plain: Vec<_> = (0..49).map(|_| Chatter::new(&b)).collect();
     let first = alice.ok("ONLINE");
     assert_eq!(&listed(&first)[..3], ["alice", "bob", "carol"]);
     assert_eq!(listed(&first).len(), 50);
@@ -31,7 +31,14 @@ fn online_lists_the_whole_cluster_in_pages_and_drops_a_crashed_nodes_clients() {
     );
     let second = alice.ok("ONLINE 2");
     assert_eq!(listed(&second).len(), 2);
-    assert!(plain.iter().any(|p| listed(&second).contains(&p.id)));
+    let publics: Vec<String> = plain.iter_mut().map(|p| p.public_id()).collect();
+    assert!(publics.iter().any(|p| listed(&second).contains(p)));
+    for p in &plain {
+        assert!(
+            !first.iter().chain(&second).any(|l| l.contains(&p.id)),
+            "a client id listed"
+        );
+    }
     // A node killed: its clients drop out at once (its lock in MySQL is gone with it).
     c.kill();
     eventually(

@@ -41,14 +41,27 @@ fn send_reaches_the_other_node_at_once_or_on_connect_in_order() {
     // The sender does not get its own messages back.
     bob.quiet(Duration::from_millis(300));
     // To a client without a name, by its id: it sees the sender's name on a MESSAGE line.
-    let mut plain = a.connect();
-    let plain_id = plain.register();
+    let mut plain = Chatter::new(&a);
+    let plain_id = plain.id.clone();
     bob.sent(&format!("SEND {plain_id} to an id"));
     assert_eq!(plain.messages(1), ["@bob: to an id"]);
-    // And it can answer by the id or the name.
-    plain.send("SEND bob back to you");
-    assert!(plain.line().starts_with("SENT "));
-    assert_eq!(bob.messages(1), [format!("@{plain_id}: back to you")]);
+    // It answers by name; the other side sees its public id, never its client id (a credential).
+    let public = plain.public_id();
+    assert!(public.starts_with('~') && public.len() == 17, "{public}");
+    plain.sent("SEND bob back to you");
+    assert_eq!(bob.messages(1), [format!("@{public}: back to you")]);
+    // The public id works as an address too.
+    bob.sent(&format!("SEND {public} by public id"));
+    assert_eq!(plain.messages(1), ["@bob: by public id"]);
+    let history = bob.ok(&format!("HISTORY {public}"));
+    assert!(
+        history.iter().all(|l| !l.contains(&plain_id)),
+        "{history:?}"
+    );
+    assert!(
+        history[1].ends_with(&format!("{public}: back to you")),
+        "{history:?}"
+    );
 }
 
 #[test]

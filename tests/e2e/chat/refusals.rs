@@ -78,7 +78,7 @@ fn every_bad_command_gets_one_error_line_and_changes_nothing() {
         ),
         (
             "ONLINE zero".into(),
-            "\"zero\" is not a page number (1, 2, ...)",
+            "\"zero\" is not a page number (1 to 1000)",
         ),
         ("ROOMS 1 2".into(), "usage: ROOMS [page]"),
         (
@@ -148,6 +148,15 @@ fn every_bad_command_gets_one_error_line_and_changes_nothing() {
         ),
         // Oneself.
         ("SEND alice me".into(), "alice is yourself"),
+        // Control characters in a message.
+        (
+            "SAY #open a\x1b[2Jb".into(),
+            "message text contains control characters",
+        ),
+        (
+            "SEND bob ring\x07".into(),
+            "message text contains control characters",
+        ),
         ("PRIVATE alice".into(), "alice is yourself"),
         // Accounts.
         (
@@ -211,7 +220,9 @@ fn posting_is_rate_limited_and_rooms_and_members_are_bounded() {
         alice.err("PRIVATE carol"),
         "you have 1 private rooms, the most allowed"
     );
-    // A flood: a burst of twice the rate, then refusals; nothing refused is stored.
+    // A flood: a burst of twice the rate (REGISTER and PRIVATE spent some: let it refill), then
+    // refusals; nothing refused is stored.
+    std::thread::sleep(Duration::from_millis(2100));
     let before = count(&env, "SELECT COUNT(*) FROM messages");
     let (mut sent, mut refused) = (0, 0);
     for n in 0..30 {
@@ -228,10 +239,32 @@ fn posting_is_rate_limited_and_rooms_and_members_are_bounded() {
     }
     assert!(sent >= 4 && refused > 0, "sent {sent}, refused {refused}");
     assert_eq!(count(&env, "SELECT COUNT(*) FROM messages"), before + sent);
-    // The flood slowed nobody: bob got the posts that were stored, and a private message.
+    // The flood slowed nobody: bob got the posts that were stored.
     assert_eq!(bob.messages(sent as usize).len(), sent as usize);
+
     std::thread::sleep(Duration::from_millis(1100));
     alice.sent("SAY #one after the flood");
     assert_eq!(bob.messages(1), ["#one alice: after the flood"]);
     carol.quiet(Duration::from_millis(200));
+}
+
+#[test]
+fn a_post_refused_for_its_rate_makes_nothing_at_all() {
+    let env = Env::new("ch_rate_nothing");
+    let a = env.node("a", &["--send-rate", "1"]);
+    let mut dave = Chatter::named(&a, "dave", "dave-pass");
+    let mut frank = Chatter::named(&a, "frank", "frank-pass");
+    let _erin = Chatter::named(&a, "erin", "erin-pass");
+    // REGISTER spent a post: let the burst refill.
+    std::thread::sleep(Duration::from_millis(2100));
+    dave.sent("SEND erin one");
+    dave.sent("SEND erin two");
+    dave.ok("CREATE #club");
+    // The burst (twice the rate) is spent: neither a new private room nor an invitation.
+    let too_fast = "sending too fast: at most 1 messages per second; nothing was sent";
+    assert_eq!(dave.err("SEND frank three"), too_fast);
+    assert_eq!(dave.err("INVITE #club frank"), too_fast);
+    assert_eq!(count(&env, "SELECT COUNT(*) FROM rooms WHERE kind = 2"), 1);
+    assert_eq!(count(&env, "SELECT COUNT(*) FROM invites"), 0);
+    frank.quiet(Duration::from_millis(300));
 }

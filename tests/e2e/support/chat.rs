@@ -145,6 +145,17 @@ impl Chatter {
         self.client.expect_silence(quiet);
     }
 
+    /// How others see this client when it has no name: `~<public id>`, from `WHOAMI`.
+    pub fn public_id(&mut self) -> String {
+        let reply = self.ok("WHOAMI");
+        reply[0]
+            .strip_prefix("OK: you are ")
+            .and_then(|r| r.split(' ').next())
+            .filter(|p| p.starts_with('~'))
+            .unwrap_or_else(|| panic!("no public id in {reply:?}"))
+            .to_string()
+    }
+
     /// `DISCONNECT` and its goodbye (pushed lines before it are kept).
     pub fn disconnect(&mut self) {
         self.client.send("DISCONNECT");
