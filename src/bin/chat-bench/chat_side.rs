@@ -19,6 +19,7 @@ use chat::store::Store;
 use chat::ClientId;
 
 use super::client::{register, Client};
+use super::dbstats::{per_thousand, DbStats};
 use super::node::{sibling, Node};
 use super::params::{Params, Workload};
 use super::procstat::{find_pid, rss_kib, CpuMeter};
@@ -134,6 +135,8 @@ async fn throughput(
         }));
     }
     let enq = enqueuer(urls, 4).await?;
+    let stats = DbStats::connect(urls)?;
+    let before = stats.read().await?;
     let cpu = CpuMeter::start(&all_pids(node, urls));
     let start = Instant::now();
     // Batches round-robin over the clients, four in flight.
@@ -172,12 +175,18 @@ async fn throughput(
         last = last.max(done);
     }
     let secs = last.duration_since(start).as_secs_f64();
+    let cpu_note = cpu.report();
+    // The last cursor records land just after the last delivery.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = stats.read().await?;
+    stats.close().await;
     let mode = if ack { "ack" } else { "plain" };
     let notes = format!(
-        "{clients} clients, {total} msgs, batches of {}; enqueue alone {:.0} msg/s; CPU {}",
+        "{clients} clients, {total} msgs, batches of {}; enqueue alone {:.0} msg/s; {}; CPU {}",
         params.batch,
         total as f64 / enqueued_in.as_secs_f64(),
-        cpu.report()
+        per_thousand(&before, &after, total),
+        cpu_note
     );
     Ok(vec![Row::new(
         SYSTEM,
@@ -220,7 +229,9 @@ async fn latency(node: &Node, params: &Params, urls: &ServiceUrls) -> Result<Vec
     let gate = Arc::new(Semaphore::new(64));
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / params.rate.max(1) as f64));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let cpu = CpuMeter::start(&[("chat-server".to_string(), node.pid)]);
+    let stats = DbStats::connect(urls)?;
+    let before = stats.read().await?;
+    let cpu = CpuMeter::start(&all_pids(node, urls));
     let mut sends = Vec::with_capacity(total);
     for k in 0..total {
         tick.tick().await;
@@ -243,18 +254,21 @@ async fn latency(node: &Node, params: &Params, urls: &ServiceUrls) -> Result<Vec
             .await
             .map_err(|_| anyhow!("latency run timed out"))???;
     }
+    let cpu_note = cpu.report();
+    let after = stats.read().await?;
+    stats.close().await;
     let h = hist.lock().unwrap();
     let c = calls.lock().unwrap();
     let ms = |v: u64| v as f64 / 1000.0;
     let notes = format!(
         "{} msg/s for {} s over {clients} clients, single-message enqueues; the enqueue call \
-         alone: p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms; CPU {}",
+         alone: p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms; {}; CPU {cpu_note}",
         params.rate,
         params.latency_secs,
         ms(c.value_at_quantile(0.5)),
         ms(c.value_at_quantile(0.99)),
         ms(c.value_at_quantile(0.999)),
-        cpu.report()
+        per_thousand(&before, &after, total),
     );
     Ok(vec![
         Row::new(

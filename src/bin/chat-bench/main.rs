@@ -3,6 +3,7 @@
 
 mod chat_side;
 mod client;
+mod dbstats;
 mod enqueue_stdin;
 mod mosquitto;
 mod mosquitto_rooms;

@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use hdrhistogram::Histogram;
-use mysql_async::prelude::*;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -14,6 +13,7 @@ use tokio::task::JoinSet;
 use chat::config::ServiceUrls;
 
 use super::client::Client;
+use super::dbstats::DbStats;
 use super::node::Node;
 use super::params::Params;
 use super::procstat::CpuMeter;
@@ -34,42 +34,6 @@ fn now_nanos() -> u64 {
     static BASE: OnceLock<Instant> = OnceLock::new();
     let base = *BASE.get_or_init(Instant::now);
     u64::try_from(base.elapsed().as_nanos()).unwrap_or(u64::MAX)
-}
-
-/// MariaDB's counters of rows inserted and updated (handler calls: every table, every index's
-/// row), statements and fsyncs, and Redis's count of `PUBLISH`.
-async fn counters(db: &mysql_async::Pool, redis: &redis::Client) -> Result<[u64; 5]> {
-    let mut conn = db.get_conn().await?;
-    let rows: Vec<(String, String)> = conn
-        .query(
-            "SHOW GLOBAL STATUS WHERE Variable_name IN ('Handler_write', 'Handler_update', \
-             'Questions', 'Innodb_data_fsyncs')",
-        )
-        .await?;
-    let get = |name: &str| {
-        rows.iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .and_then(|(_, v)| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    let mut r = redis.get_multiplexed_async_connection().await?;
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(&mut r)
-        .await?;
-    // cmdstat_publish:calls=123,usec=...
-    let publishes = info
-        .lines()
-        .find_map(|l| l.strip_prefix("cmdstat_publish:calls="))
-        .and_then(|v| v.split(',').next()?.parse().ok())
-        .unwrap_or(0);
-    Ok([
-        get("Handler_write"),
-        get("Handler_update"),
-        get("Questions"),
-        get("Innodb_data_fsyncs"),
-        publishes,
-    ])
 }
 
 /// `rooms` rooms of `room_members` members each (one client per membership), spread round-robin
@@ -127,9 +91,8 @@ pub async fn run(params: &Params, urls: &ServiceUrls) -> Result<Vec<Row>> {
     }
     let setup_secs = setup.elapsed().as_secs_f64();
 
-    let db = mysql_async::Pool::new(urls.database_url.as_str());
-    let redis = redis::Client::open(urls.redis_url.as_str())?;
-    let before = counters(&db, &redis).await?;
+    let stats = DbStats::connect(urls)?;
+    let before = stats.read().await?;
     let mut pids: Vec<(String, u32)> = nodes
         .iter()
         .enumerate()
@@ -185,7 +148,7 @@ pub async fn run(params: &Params, urls: &ServiceUrls) -> Result<Vec<Row>> {
     let cpu_note = cpu.report();
     // The last cursor records (1 s after the last deliveries) belong to the run.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let after = counters(&db, &redis).await?;
+    let after = stats.read().await?;
     let per_post = |i: usize| (after[i] - before[i]) as f64 / total as f64;
     readers.abort_all();
     acks.abort_all();
@@ -193,7 +156,7 @@ pub async fn run(params: &Params, urls: &ServiceUrls) -> Result<Vec<Row>> {
     for node in nodes {
         node.stop().await;
     }
-    let _ = db.disconnect().await;
+    stats.close().await;
 
     let h = tally
         .latencies
