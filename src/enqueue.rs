@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::bus::{Bus, BusError, Note, Post};
+use crate::bus::{Bus, BusError, Carried, Note, Post};
 use crate::protocol::names::Name;
 use crate::store::{
     MessageStatus, NewMessage, NewPost, RoomKind, RoomMessage, Store, StoreError, Stored,
@@ -78,6 +78,13 @@ pub struct Enqueued {
     /// Whether a node holding the client was told. `Ok(false)`: the client is offline (or its node
     /// is gone); `Err`: Redis failed. Either way the message is stored and will be delivered.
     pub notified: Result<bool, BusError>,
+}
+
+/// Now, in microseconds since the Unix epoch (a carried message's commit time, for latency metrics).
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 /// Checks a message body: non-empty, one line (no CR, LF or NUL), at most `max_bytes`.
@@ -176,6 +183,18 @@ impl Enqueuer {
             .ok_or(EnqueueError::UnknownClient(client))?;
         let notified = match &self.bus {
             Some(_) if stored.duplicate => Ok(false),
+            // A plain message goes to the holding node whole: it writes it without a read.
+            Some(bus) if options.is_plain() => {
+                let carried = Carried {
+                    client,
+                    seq: stored.seq,
+                    id: stored.id,
+                    at_us: now_us(),
+                    body: text.as_bytes().to_vec(),
+                };
+                bus.carry(carried).await
+            }
+            // Expiry and collapse are for the node to read from MySQL.
             Some(bus) => bus.notify(client).await,
             None => Ok(false),
         };
@@ -275,16 +294,31 @@ impl Enqueuer {
                     .ok_or(EnqueueError::UnknownClient(*id)),
             })
             .collect();
-        let mut woken: Vec<ClientId> = items
+        let fresh = items
             .iter()
             .zip(&results)
-            .filter(|(_, r)| r.as_ref().is_ok_and(|s| !s.duplicate))
-            .map(|((id, _), _)| *id)
-            .collect();
-        woken.sort_unstable();
-        woken.dedup();
+            .filter_map(|((id, text), r)| Some((*id, *text, r.as_ref().ok().filter(|s| !s.duplicate)?)));
         let notified = match &self.bus {
-            Some(bus) => bus.notify_many(&woken).await,
+            // Plain messages go to their holding nodes whole (one publish per node and 500).
+            Some(bus) if options.is_plain() => {
+                let at_us = now_us();
+                let carried = fresh
+                    .map(|(client, text, s)| Carried {
+                        client,
+                        seq: s.seq,
+                        id: s.id,
+                        at_us,
+                        body: text.as_bytes().to_vec(),
+                    })
+                    .collect();
+                bus.carry_many(carried).await
+            }
+            Some(bus) => {
+                let mut woken: Vec<ClientId> = fresh.map(|(id, _, _)| id).collect();
+                woken.sort_unstable();
+                woken.dedup();
+                bus.notify_many(&woken).await
+            }
             None => Ok(0),
         };
         Ok((results, notified))
@@ -320,9 +354,7 @@ impl Enqueuer {
             .pop()
             .and_then(Result::ok)
             .ok_or_else(|| EnqueueError::UnknownRoom(name.to_string()))?;
-        let at_us = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_micros() as u64);
+        let at_us = now_us();
         let note = Note::Post(Box::new(Post {
             to: None,
             message: RoomMessage {

@@ -1,16 +1,34 @@
 //! This node's live sessions by client id: wake one (for its own queue, a room, or its memberships), kick one, list them for sweeps and lease renewal.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::store::Pending;
 use crate::{ClientId, RoomId};
 
 /// Most rooms remembered as woken one by one; past it, every room of the session counts as woken.
 const WOKEN_ROOMS_MAX: usize = 64;
+/// Most messages carried by notifications a session keeps until its next round (more are read
+/// from MySQL instead).
+const CARRIED_MAX: usize = 32;
+/// Most bytes of carried messages all sessions of the process keep at once.
+const CARRIED_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// Bytes of carried messages kept now, by every session of the process.
+static CARRIED_BYTES: AtomicUsize = AtomicUsize::new(0);
+
+/// What a session was woken for, one lock for both lists.
+#[derive(Debug, Default)]
+struct Lists {
+    /// Rooms with new messages.
+    rooms: Vec<RoomId>,
+    /// Messages of the own queue carried by their notifications, in arrival order.
+    carried: Vec<Pending>,
+}
 
 /// Why a session was woken, coalesced until it looks: many wakes, one round.
 #[derive(Debug, Default)]
@@ -20,8 +38,8 @@ pub struct Signals {
     own: AtomicBool,
     /// The client's memberships changed: load its rooms again.
     reload: AtomicBool,
-    /// Rooms with new messages (every room when `all_rooms`).
-    rooms: Mutex<Vec<RoomId>>,
+    /// Rooms with new messages (every room when `all_rooms`), and carried messages.
+    lists: Mutex<Lists>,
     all_rooms: AtomicBool,
     /// The rooms version the session has loaded (the sweep compares it with MySQL's).
     rooms_version: AtomicU64,
@@ -30,7 +48,10 @@ pub struct Signals {
 /// What a session was woken for.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Woken {
+    /// Messages may be pending in the own queue: look in MySQL.
     pub own: bool,
+    /// Messages of the own queue their notifications carried.
+    pub carried: Vec<Pending>,
     pub reload: bool,
     pub rooms: Vec<RoomId>,
     pub all_rooms: bool,
@@ -43,19 +64,45 @@ impl Signals {
         self.notify.notify_one();
     }
 
+    fn lists(&self) -> std::sync::MutexGuard<'_, Lists> {
+        self.lists.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// `room` has new messages.
     pub fn wake_room(&self, room: RoomId) {
         {
-            let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
-            if !rooms.contains(&room) {
-                if rooms.len() < WOKEN_ROOMS_MAX {
-                    rooms.push(room);
+            let mut lists = self.lists();
+            if !lists.rooms.contains(&room) {
+                if lists.rooms.len() < WOKEN_ROOMS_MAX {
+                    lists.rooms.push(room);
                 } else {
                     self.all_rooms.store(true, Ordering::Relaxed);
                 }
             }
         }
         self.notify.notify_one();
+    }
+
+    /// A message of the own queue was committed, and here it is: kept for the next round, which
+    /// it wakes. Past the bounds it is not kept, and the round looks in MySQL instead.
+    pub fn carry(&self, message: Pending) {
+        let size = message.body.len();
+        let kept = {
+            let mut lists = self.lists();
+            let room = CARRIED_BYTES.fetch_add(size, Ordering::Relaxed) + size <= CARRIED_BYTES_MAX;
+            if room && lists.carried.len() < CARRIED_MAX {
+                lists.carried.push(message);
+                true
+            } else {
+                CARRIED_BYTES.fetch_sub(size, Ordering::Relaxed);
+                false
+            }
+        };
+        if kept {
+            self.notify.notify_one();
+        } else {
+            self.wake_own();
+        }
     }
 
     /// Every room may have new messages (after a lost subscription, say).
@@ -77,11 +124,21 @@ impl Signals {
 
     /// Takes what the session was woken for, clearing it.
     pub fn take(&self) -> Woken {
+        let (rooms, carried) = {
+            let mut lists = self.lists();
+            (
+                std::mem::take(&mut lists.rooms),
+                std::mem::take(&mut lists.carried),
+            )
+        };
+        let size: usize = carried.iter().map(|m| m.body.len()).sum();
+        CARRIED_BYTES.fetch_sub(size, Ordering::Relaxed);
         Woken {
             own: self.own.swap(false, Ordering::Relaxed),
+            carried,
             reload: self.reload.swap(false, Ordering::Relaxed),
             all_rooms: self.all_rooms.swap(false, Ordering::Relaxed),
-            rooms: std::mem::take(&mut *self.rooms.lock().unwrap_or_else(|e| e.into_inner())),
+            rooms,
         }
     }
 
@@ -178,6 +235,12 @@ impl Registry {
     /// Wakes the session of `id` for its own queue; `false` if this node has none.
     pub fn wake(&self, id: ClientId) -> bool {
         self.with(id, Signals::wake_own)
+    }
+
+    /// Hands a committed message of its own queue to the session of `id`; `false` if this node
+    /// has none.
+    pub fn carry(&self, id: ClientId, message: Pending) -> bool {
+        self.with(id, |s| s.carry(message))
     }
 
     /// Wakes the session of `id` to load its rooms again; `false` if this node has none.

@@ -17,6 +17,7 @@ pub const HANDSHAKES: &str = "chat_handshakes_total";
 pub const PROXY_HEADERS_REJECTED: &str = "chat_proxy_headers_rejected_total";
 pub const NOTIFICATIONS: &str = "chat_notifications_received_total";
 pub const FETCHED: &str = "chat_messages_fetched_total";
+pub const CARRIED: &str = "chat_messages_carried_total";
 pub const DELIVERED: &str = "chat_messages_delivered_total";
 pub const ACKNOWLEDGED: &str = "chat_messages_acknowledged_total";
 pub const REDELIVERED: &str = "chat_messages_redelivered_total";
@@ -87,6 +88,7 @@ fn register() {
         PROXY_HEADERS_REJECTED,
         NOTIFICATIONS,
         FETCHED,
+        CARRIED,
         ACKNOWLEDGED,
         REDELIVERED,
         DROPPED,
@@ -118,6 +120,10 @@ fn describe() {
         "Wake notifications from Redis for clients with a session here (enqueues seen by this node)."
     );
     describe_counter!(FETCHED, "Messages read from MySQL for delivery.");
+    describe_counter!(
+        CARRIED,
+        "Messages delivered as their notification carried them, without a read."
+    );
     describe_counter!(DELIVERED, "Messages written to client sockets, by mode.");
     describe_counter!(ACKNOWLEDGED, "Messages acknowledged by clients (ACK).");
     describe_counter!(
@@ -196,6 +202,10 @@ pub fn notifications(n: usize) {
 
 pub fn fetched(n: usize) {
     counter!(FETCHED).increment(n as u64);
+}
+
+pub fn carried(n: usize) {
+    counter!(CARRIED).increment(n as u64);
 }
 
 /// Messages were just written to a client's socket: counts them (and the `dropped` ones counted in

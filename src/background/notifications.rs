@@ -95,6 +95,13 @@ fn handle(node: &Node, from: From, note: Note) {
         Note::Kick(id, epoch) => {
             node.registry.kick(id, epoch);
         }
+        Note::Carry(messages) => {
+            stats::notifications(messages.len());
+            for m in messages {
+                let client = m.client;
+                node.registry.carry(client, crate::store::Pending::carried(m.seq, m.id, m.body, m.at_us));
+            }
+        }
         Note::Post(post) => {
             stats::notifications(1);
             let to = post.to;

@@ -24,7 +24,7 @@ use redis::{AsyncCommands, Script};
 
 mod notes;
 
-pub use notes::{Note, Post, WAKE_CHUNK};
+pub use notes::{Carried, Note, Post, WAKE_CHUNK};
 
 use crate::{ClientId, RoomId};
 
@@ -54,6 +54,19 @@ if v then
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
 return v";
+
+/// Publishes ARGV[1] on the channel of the node the lease KEYS[1] names, if any; returns how many
+/// subscribers got it (one round trip for "who holds this client, tell it").
+const TELL_HOLDER: &str = r"
+local v = redis.call('GET', KEYS[1])
+if not v then
+  return 0
+end
+local node = string.match(v, '^(.*)|%d+$')
+if not node then
+  return 0
+end
+return redis.call('PUBLISH', 'chat:node:' .. node, ARGV[1])";
 
 /// Deletes the key only if it still names this session.
 const RELEASE: &str = r"
@@ -139,6 +152,7 @@ pub struct Bus {
     claim: Script,
     renew: Script,
     release: Script,
+    tell_holder: Script,
 }
 
 impl Bus {
@@ -167,6 +181,7 @@ impl Bus {
             claim: Script::new(CLAIM),
             renew: Script::new(RENEW),
             release: Script::new(RELEASE),
+            tell_holder: Script::new(TELL_HOLDER),
         })
     }
 
@@ -325,6 +340,76 @@ impl Bus {
             Some(owner) => Ok(self.send(&owner.node, Note::Wake(vec![id])).await? > 0),
             None => Ok(false),
         }
+    }
+
+    /// Sends a committed message to the node holding its client, if any, in one round trip (a
+    /// script reads the lease and publishes). Returns whether a node got it. Call only after the
+    /// commit.
+    pub async fn carry(&self, message: Carried) -> Result<bool, BusError> {
+        let mut conn = self.conn.clone();
+        let key = owner_key(message.client);
+        let got: u64 = timed(
+            RESPONSE_TIMEOUT,
+            self.tell_holder
+                .key(key)
+                .arg(Note::Carry(vec![message]).encode())
+                .invoke_async(&mut conn),
+        )
+        .await?;
+        Ok(got > 0)
+    }
+
+    /// Sends committed messages to the nodes holding their clients: one `MGET` of the leases, then
+    /// the messages for each node in one pipeline (a `PUBLISH` per 500 messages or 256 KiB).
+    /// Returns how many clients had a holder. Call only after the commit.
+    pub async fn carry_many(&self, messages: Vec<Carried>) -> Result<usize, BusError> {
+        let mut by_node: std::collections::HashMap<String, Vec<Carried>> = Default::default();
+        let mut conn = self.conn.clone();
+        let mut clients: Vec<ClientId> = messages.iter().map(|m| m.client).collect();
+        clients.sort_unstable();
+        clients.dedup();
+        let mut nodes: std::collections::HashMap<ClientId, String> = Default::default();
+        for chunk in clients.chunks(1000) {
+            let keys: Vec<String> = chunk.iter().map(|id| owner_key(*id)).collect();
+            let owners: Vec<Option<String>> = timed(
+                RESPONSE_TIMEOUT,
+                redis::cmd("MGET").arg(keys).query_async(&mut conn),
+            )
+            .await?;
+            for (id, owner) in chunk.iter().zip(owners) {
+                if let Some(owner) = owner.as_deref().and_then(Owner::decode) {
+                    nodes.insert(*id, owner.node);
+                }
+            }
+        }
+        for m in messages {
+            if let Some(node) = nodes.get(&m.client) {
+                by_node.entry(node.clone()).or_default().push(m);
+            }
+        }
+        let carried = nodes.len();
+        let mut pipe = redis::pipe();
+        for (node, messages) in by_node {
+            let mut batch: Vec<Carried> = Vec::new();
+            let mut bytes = 0;
+            for m in messages {
+                bytes += m.body.len() + 80;
+                batch.push(m);
+                if batch.len() >= WAKE_CHUNK || bytes >= 256 * 1024 {
+                    pipe.publish(node_channel(&node), Note::Carry(std::mem::take(&mut batch)).encode())
+                        .ignore();
+                    bytes = 0;
+                }
+            }
+            if !batch.is_empty() {
+                pipe.publish(node_channel(&node), Note::Carry(batch).encode())
+                    .ignore();
+            }
+        }
+        if carried > 0 {
+            timed(RESPONSE_TIMEOUT, pipe.query_async::<()>(&mut conn)).await?;
+        }
+        Ok(carried)
     }
 
     /// Tells the nodes holding these clients that messages were committed for them: one `MGET` of

@@ -14,11 +14,26 @@ pub struct Post {
     pub message: RoomMessage,
 }
 
+/// A message committed to a client's own queue, carried whole in its notification (so that the
+/// node holding the client writes it without reading MySQL).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Carried {
+    pub client: ClientId,
+    pub seq: u64,
+    pub id: u64,
+    /// When it was committed, microseconds since the Unix epoch.
+    pub at_us: u64,
+    /// One line of text: enqueue refuses CR, LF and NUL.
+    pub body: Vec<u8>,
+}
+
 /// A notification received on a node's channel or a room's.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Note {
     /// Messages were committed for these clients.
     Wake(Vec<ClientId>),
+    /// These messages were committed for clients of the node.
+    Carry(Vec<Carried>),
     /// A session with this epoch took the client over.
     Kick(ClientId, u64),
     /// A message was committed to a room.
@@ -26,11 +41,24 @@ pub enum Note {
 }
 
 impl Note {
-    /// The payload: `wake <id>...`, `kick <id> <epoch>`, or
+    /// The payload: `wake <id>...`, `kick <id> <epoch>`,
     /// `post <room> <seq> <id> <at_us> <sender|-> <to|-> <shown> <body...>` (ids of rooms and
-    /// clients as 32 hex digits; the body is the rest of the payload, as it was committed).
+    /// clients as 32 hex digits; the body is the rest of the payload, as it was committed), or
+    /// `msgs` and one line per message, `<client> <seq> <id> <at_us> <body>`.
     pub fn encode(&self) -> Vec<u8> {
         match self {
+            Note::Carry(messages) => {
+                let size: usize = messages.iter().map(|m| m.body.len() + 80).sum();
+                let mut out = Vec::with_capacity(5 + size);
+                out.extend_from_slice(b"msgs");
+                for m in messages {
+                    out.extend_from_slice(
+                        format!("\n{} {} {} {} ", m.client, m.seq, m.id, m.at_us).as_bytes(),
+                    );
+                    out.extend_from_slice(&m.body);
+                }
+                out
+            }
             Note::Wake(ids) => {
                 let mut out = String::with_capacity(5 + ids.len() * 37);
                 out.push_str("wake");
@@ -67,6 +95,9 @@ impl Note {
         if let Some(rest) = payload.strip_prefix(b"post ") {
             return decode_post(rest);
         }
+        if let Some(rest) = payload.strip_prefix(b"msgs\n") {
+            return decode_carried(rest);
+        }
         let payload = std::str::from_utf8(payload).ok()?;
         let mut words = payload.split(' ');
         match words.next()? {
@@ -95,6 +126,29 @@ fn client_hex(word: &str) -> Option<Option<ClientId>> {
     }
     let room = RoomId::parse_simple(word)?;
     Some(Some(ClientId::from_slice(room.as_bytes())?))
+}
+
+fn decode_carried(rest: &[u8]) -> Option<Note> {
+    let messages = rest
+        .split(|b| *b == b'\n')
+        .map(|line| {
+            let mut fields = line.splitn(5, |b| *b == b' ');
+            let mut word = || std::str::from_utf8(fields.next()?).ok().map(str::to_string);
+            let client = word()?.parse().ok()?;
+            let seq = word()?.parse().ok()?;
+            let id = word()?.parse().ok()?;
+            let at_us = word()?.parse().ok()?;
+            let body = fields.next()?.to_vec();
+            Some(Carried {
+                client,
+                seq,
+                id,
+                at_us,
+                body,
+            })
+        })
+        .collect::<Option<Vec<Carried>>>()?;
+    (!messages.is_empty()).then_some(Note::Carry(messages))
 }
 
 fn decode_post(rest: &[u8]) -> Option<Note> {
@@ -154,12 +208,21 @@ mod tests {
                 at_us: 3,
             },
         }));
+        let carried = |client, seq, body: &str| Carried {
+            client,
+            seq,
+            id: seq + 100,
+            at_us: 5,
+            body: body.as_bytes().to_vec(),
+        };
+        let carry = Note::Carry(vec![carried(id, 1, "hi there"), carried(other, 9, "")]);
         for note in [
             Note::Wake(vec![id]),
             Note::Wake(vec![id, other]),
             Note::Kick(id, 7),
             post,
             producer,
+            carry,
         ] {
             assert_eq!(Note::decode(&note.encode()), Some(note));
         }
@@ -170,6 +233,8 @@ mod tests {
             format!("kick {id} 7 8"),
             format!("kick {id}"),
             "post xyz 1 2 3 - - a b".to_string(),
+            "msgs\nnot-an-id 1 2 3 x".to_string(),
+            format!("msgs\n{id} 1 2"),
             "post".to_string(),
         ] {
             assert_eq!(Note::decode(junk.as_bytes()), None, "{junk}");

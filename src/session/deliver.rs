@@ -12,7 +12,20 @@ use crate::delivery::{Cursor, Written, ACK_RECORD_DELAY};
 use crate::protocol::{self, Command, Reply, SessionError};
 use crate::registry::{Registration, Woken};
 use crate::stats;
-use crate::store::{Acquire, RoomCursor};
+use crate::store::{Acquire, RoomCursor, StoreError};
+
+/// Plain mode: the own queue's cursor is recorded at most this long after a delivery (one write
+/// for all of that time and for the sessions of the node that deliver meanwhile; a crash may
+/// deliver that much again).
+pub const OWN_RECORD_DELAY: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// What a background write of a session's cursors did: the own queue's (seq and result, if it
+/// had moved) and the rooms'.
+pub(super) struct Recorded {
+    own: Option<(u64, Result<bool, StoreError>)>,
+    rooms: Vec<RoomCursor>,
+    rooms_result: Result<bool, StoreError>,
+}
 
 impl<S: AsyncRead + AsyncWrite> Session<S> {
     /// One delivery round for what the session was woken for: takes the delivery right if
@@ -24,7 +37,7 @@ impl<S: AsyncRead + AsyncWrite> Session<S> {
         &mut self,
         reg: &Registration,
         cursor: &mut Cursor,
-        woken: Woken,
+        mut woken: Woken,
     ) -> Result<(), End> {
         self.rooms_wanted |= woken.reload;
         if !cursor.holding && !self.take_over(reg, cursor).await? {
@@ -42,8 +55,9 @@ impl<S: AsyncRead + AsyncWrite> Session<S> {
         }
         let node = self.node.clone();
         let mut own = None;
-        if woken.own {
-            let round = match round::take(&node, reg, cursor, &mut self.out).await {
+        if woken.own || !woken.carried.is_empty() {
+            let carried = std::mem::take(&mut woken.carried);
+            let round = match round::take(&node, reg, cursor, &mut self.out, carried, woken.own).await {
                 Ok(round) => round,
                 Err(Stale) => return Err(End::TakenOver),
             };
@@ -77,12 +91,15 @@ impl<S: AsyncRead + AsyncWrite> Session<S> {
         if cursor.own.written(round.taken.iter().map(Written::from)) {
             cursor.record_within(ACK_RECORD_DELAY);
         }
+        if cursor.own.unrecorded().is_some() {
+            cursor.record_within(OWN_RECORD_DELAY);
+        }
         debug!(count = round.taken.len(), seq = cursor.own.sent, "written");
         if round.more && !round.failed {
             // More may wait: come back after giving commands and shutdown a turn.
             reg.signals.wake_own();
         }
-        self.record(reg, cursor).await
+        Ok(())
     }
 
     /// Records the rooms' read cursors that wait (the client posted), now: `ROOMS` and `READ`
@@ -191,8 +208,9 @@ impl<S: AsyncRead + AsyncWrite> Session<S> {
         }
     }
 
-    /// Writes the cursors to MySQL if they moved: the own queue's, then the rooms' (each a group
-    /// commit with other sessions).
+    /// Writes the cursors to MySQL if they moved: the own queue's and the rooms', in the
+    /// background (delivery goes on meanwhile), each a group commit with other sessions (all the
+    /// sessions of a group record on the same tick, so one statement carries many).
     pub(super) async fn record(
         &mut self,
         reg: &Registration,
@@ -206,76 +224,84 @@ impl<S: AsyncRead + AsyncWrite> Session<S> {
             cursor.record_failed();
             return Ok(());
         }
-        if let Some(done) = cursor.own.unrecorded() {
-            match self
-                .node
-                .cursors
-                .call((reg.client_id, reg.epoch, done, cursor.acknowledged()))
-                .await
-            {
-                Ok(true) => {
-                    cursor.own.recorded(done);
-                    cursor.succeeded();
-                }
-                Ok(false) => return Err(End::TakenOver),
-                Err(e) => {
-                    warn!(error = %e, "could not record delivery; will retry");
-                    cursor.record_failed();
-                    return Ok(());
-                }
-            }
-        }
-        // The rooms' cursors are written in the background: delivering goes on meanwhile (all
-        // sessions of the node record on the same tick, so one write carries many). Only the
-        // holder of the delivery right writes them (a session still waiting for the handoff
-        // keeps what it has to write until it holds the right).
+        // Only the holder of the delivery right writes (a session still waiting for the handoff
+        // keeps what it has to write until it holds the right); one write at a time.
         if self.recording.is_some() || !cursor.holding {
             return Ok(());
         }
+        let own = cursor.own.unrecorded();
         let rooms = self
             .streams
             .as_ref()
             .map(|s| s.unrecorded())
             .unwrap_or_default();
-        if rooms.is_empty() {
+        if own.is_none() && rooms.is_empty() {
             return Ok(());
         }
         let node = self.node.clone();
-        let item = (reg.client_id, reg.epoch, rooms.clone());
+        let (client, epoch, acked) = (reg.client_id, reg.epoch, cursor.acknowledged());
         self.recording = Some(tokio::spawn(async move {
-            let result = node.room_cursors.call(item).await;
-            (rooms, result)
+            let own = match own {
+                Some(done) => Some((done, node.cursors.call((client, epoch, done, acked)).await)),
+                None => None,
+            };
+            let rooms_result = if rooms.is_empty() {
+                Ok(true)
+            } else {
+                node.room_cursors.call((client, epoch, rooms.clone())).await
+            };
+            Recorded {
+                own,
+                rooms,
+                rooms_result,
+            }
         }));
         Ok(())
     }
 
-    /// The background write of the rooms' cursors finished.
-    pub(super) fn rooms_recorded(
-        &mut self,
-        cursor: &mut Cursor,
-        rooms: Vec<RoomCursor>,
-        result: Result<bool, crate::store::StoreError>,
-    ) -> Result<(), End> {
+    /// The background write of the cursors finished.
+    pub(super) fn recorded(&mut self, cursor: &mut Cursor, done: Recorded) -> Result<(), End> {
         self.recording = None;
-        match result {
-            Ok(true) => {
-                if let Some(streams) = self.streams.as_mut() {
-                    streams.recorded(&rooms);
-                    // Delivered meanwhile: the next tick writes that too.
-                    if !streams.unrecorded().is_empty() {
-                        cursor.record_within(ROOM_RECORD_DELAY);
-                    }
+        let mut failed = false;
+        if let Some((seq, result)) = done.own {
+            match result {
+                Ok(true) => cursor.own.recorded(seq),
+                Ok(false) => return Err(End::TakenOver),
+                Err(e) => {
+                    warn!(error = %e, "could not record delivery; will retry");
+                    failed = true;
                 }
-                cursor.succeeded();
-                Ok(())
-            }
-            Ok(false) => Err(End::TakenOver),
-            Err(e) => {
-                warn!(error = %e, "could not record room deliveries; will retry");
-                cursor.record_failed();
-                Ok(())
             }
         }
+        match done.rooms_result {
+            Ok(true) => {
+                if let Some(streams) = self.streams.as_mut() {
+                    streams.recorded(&done.rooms);
+                }
+            }
+            Ok(false) => return Err(End::TakenOver),
+            Err(e) => {
+                warn!(error = %e, "could not record room deliveries; will retry");
+                failed = true;
+            }
+        }
+        if failed {
+            cursor.record_failed();
+            return Ok(());
+        }
+        cursor.succeeded();
+        // Delivered meanwhile: the next tick writes that too.
+        if cursor.own.unrecorded().is_some() {
+            cursor.record_within(OWN_RECORD_DELAY);
+        }
+        if self
+            .streams
+            .as_ref()
+            .is_some_and(|s| !s.unrecorded().is_empty())
+        {
+            cursor.record_within(ROOM_RECORD_DELAY);
+        }
+        Ok(())
     }
 
     /// Acknowledged mode: marks the messages acknowledged after their deadline expired, and takes

@@ -97,11 +97,8 @@ struct Session<S> {
     recording: Option<Recording>,
 }
 
-/// A background write of a session's room cursors: the rooms and seqs, and the result.
-type Recording = tokio::task::JoinHandle<(
-    Vec<crate::store::RoomCursor>,
-    Result<bool, crate::store::StoreError>,
-)>;
+/// A background write of a session's cursors.
+type Recording = tokio::task::JoinHandle<deliver::Recorded>;
 
 impl<S: AsyncRead + AsyncWrite> Session<S> {
     async fn serve(&mut self, shutdown: CancellationToken) {
@@ -183,10 +180,16 @@ impl<S: AsyncRead + AsyncWrite> Session<S> {
                 }
                 done = async { self.recording.as_mut().expect("checked").await },
                     if self.recording.is_some() => {
-                    let (rooms, result) = done.unwrap_or_else(|e| {
-                        (Vec::new(), Err(crate::store::StoreError::Shared(e.to_string())))
-                    });
-                    self.rooms_recorded(cursor, rooms, result).err()
+                    match done {
+                        Ok(done) => self.recorded(cursor, done).err(),
+                        Err(e) => {
+                            // The task was lost (a panic): write again on the next tick.
+                            warn!(error = %e, "the record of the cursors was lost; will retry");
+                            self.recording = None;
+                            cursor.record_failed();
+                            None
+                        }
+                    }
                 }
             };
             if let Some(end) = end {
@@ -273,12 +276,10 @@ impl<S: AsyncRead + AsyncWrite> Session<S> {
         let _ = self.writer.shutdown().await;
         self.node.registry.unregister(reg.client_id, reg.epoch);
         self.leave_rooms(reg);
-        // A background record of the rooms' cursors first: the release writes the same rows.
+        // A background record of the cursors first: the release writes the same rows.
         if let Some(recording) = self.recording.take() {
-            if let Ok(Ok((rooms, Ok(true)))) = timeout(BYE_TIMEOUT * 10, recording).await {
-                if let Some(streams) = self.streams.as_mut() {
-                    streams.recorded(&rooms);
-                }
+            if let Ok(Ok(done)) = timeout(BYE_TIMEOUT * 10, recording).await {
+                let _ = self.recorded(cursor, done);
             }
         }
         if cursor.holding {

@@ -240,11 +240,17 @@ impl<S: AsyncRead + AsyncWrite> Session<S> {
                 continue;
             }
             let messages: Vec<Arc<RoomMessage>> = match node.hub.take(room, after, room_for) {
-                Some(kept) if !kept.is_empty() => kept,
+                Some(kept) if !kept.is_empty() => {
+                    stats::carried(kept.len());
+                    kept
+                }
                 _ => {
                     let asked = (reg.client_id, reg.epoch, room, after, room_for);
                     match node.room_fetches.call(asked).await {
-                        Ok(RoomFetch::Owned(page)) => page.into_iter().map(Arc::new).collect(),
+                        Ok(RoomFetch::Owned(page)) => {
+                            stats::fetched(page.len());
+                            page.into_iter().map(Arc::new).collect()
+                        }
                         Ok(RoomFetch::Stale) => return Err(End::TakenOver),
                         Err(e) => {
                             warn!(error = %e, "could not read a room; will retry");
@@ -258,7 +264,6 @@ impl<S: AsyncRead + AsyncWrite> Session<S> {
                 continue;
             };
             budget = budget.saturating_sub(messages.len());
-            stats::fetched(messages.len());
             for m in &messages {
                 if m.sender == Some(reg.client_id) {
                     continue;

@@ -31,15 +31,19 @@ pub struct Round {
 /// The session no longer owns its client.
 pub struct Stale;
 
-/// Reads pages after the cursor and renders them into `out`. A message past its deadline is
-/// marked expired in MySQL (so its producer reads why) and counted with the replaced and purged
-/// ones; a run of dropped messages is one `DROPPED <n>` line where it stands in the queue, read
-/// on across pages until a message follows it or the queue ends.
+/// Takes pages after the cursor and renders them into `out`: the messages their notifications
+/// carried while they follow on from the cursor, else (and, with `look`, after them) pages read
+/// from MySQL. A message past its deadline is marked expired in MySQL (so its producer reads
+/// why) and counted with the replaced and purged ones; a run of dropped messages is one
+/// `DROPPED <n>` line where it stands in the queue, read on across pages until a message follows
+/// it or the queue ends.
 pub async fn take(
     node: &Node,
     reg: &Registration,
     cursor: &Cursor,
     out: &mut BytesMut,
+    mut carried: Vec<Pending>,
+    look: bool,
 ) -> Result<Round, Stale> {
     let page = node.config.page_size;
     let mut round = Round {
@@ -50,32 +54,57 @@ pub async fn take(
     let mut after = cursor.own.sent;
     let mut written = 0;
     let mut run = 0u64;
+    carried.sort_by_key(|m| m.seq);
+    carried.dedup_by_key(|m| m.seq);
+    let mut carried: std::collections::VecDeque<Pending> = carried.into();
     for _ in 0..MAX_DROPPED_PAGES {
         let room = cursor.own.room(page).saturating_sub(written);
         if room == 0 {
             break;
         }
+        while carried.front().is_some_and(|m| m.seq <= after) {
+            carried.pop_front();
+        }
         // Deadlines count from before the read: never later than MySQL's own clock says.
         let started = Instant::now();
-        let mut messages = match node
-            .fetches
-            .call((reg.client_id, reg.epoch, after, room))
-            .await
-        {
-            Ok(Fetch::Owned(messages)) => messages,
-            Ok(Fetch::Stale) => return Err(Stale),
-            Err(e) => {
-                warn!(error = %e, "could not read pending messages; will retry");
-                round.failed = true;
-                break;
+        let follows = carried.front().is_some_and(|m| m.seq == after + 1);
+        let mut messages = if follows {
+            // Carried whole by their notifications, committed, in order: no read.
+            let mut next = after + 1;
+            let mut page = Vec::new();
+            while page.len() < room && carried.front().is_some_and(|m| m.seq == next) {
+                page.extend(carried.pop_front());
+                next += 1;
             }
+            page
+        } else if look || !carried.is_empty() {
+            // Asked to look, or a gap before what was carried (a message not carried): MySQL.
+            match node
+                .fetches
+                .call((reg.client_id, reg.epoch, after, room))
+                .await
+            {
+                Ok(Fetch::Owned(messages)) => messages,
+                Ok(Fetch::Stale) => return Err(Stale),
+                Err(e) => {
+                    warn!(error = %e, "could not read pending messages; will retry");
+                    round.failed = true;
+                    break;
+                }
+            }
+        } else {
+            break;
         };
         let Some(last) = messages.last() else {
             round.more = false;
             break;
         };
         after = last.seq;
-        stats::fetched(messages.len());
+        if follows {
+            stats::carried(messages.len());
+        } else {
+            stats::fetched(messages.len());
+        }
         let now = Instant::now();
         let mut expired = Vec::new();
         for m in &mut messages {
@@ -109,10 +138,14 @@ pub async fn take(
             };
             reply.write_to(out);
         }
-        round.more = messages.len() == room;
+        let full = messages.len() == room;
+        round.more = full && (look || !carried.is_empty());
         let run_goes_on = round.more && messages.last().is_some_and(|m| m.dropped);
         round.taken.extend(messages);
-        if !run_goes_on {
+        // What was carried and not yet taken, or what is left to look at in MySQL.
+        let carried_on = follows && !carried.is_empty();
+        let look_on = follows && look;
+        if !(run_goes_on || carried_on || look_on) {
             break;
         }
     }

@@ -109,6 +109,21 @@ pub struct Pending {
     pub deadline: Option<tokio::time::Instant>,
 }
 
+impl Pending {
+    /// A message as its notification carried it (plain: no deadline, not dropped).
+    pub fn carried(seq: u64, id: u64, body: Vec<u8>, enqueued_at_us: u64) -> Pending {
+        Pending {
+            seq,
+            id,
+            body,
+            dropped: false,
+            expires_in_us: None,
+            enqueued_at_us,
+            deadline: None,
+        }
+    }
+}
+
 /// What a fenced read of pending messages found.
 #[derive(Debug)]
 pub enum Fetch {

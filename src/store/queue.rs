@@ -63,35 +63,42 @@ impl Store {
 
     /// Appends `body` to the client's queue in one transaction. `None` when the client does not exist.
     pub async fn enqueue(&self, id: ClientId, body: &[u8]) -> Result<Option<Stored>, StoreError> {
-        self.timed(async {
-            let mut conn = self.pool.get_conn().await?;
-            let mut tx = conn.start_transaction(TxOpts::default()).await?;
-            // Takes the client row lock: concurrent enqueues for one client get seqs in commit order.
-            tx.exec_drop(
-                "UPDATE clients SET last_seq = LAST_INSERT_ID(last_seq + 1) WHERE id = ?",
-                (&id.as_bytes()[..],),
-            )
+        // One round trip: the whole transaction as one multi-statement query, the values as hex
+        // literals of our own bytes (no text of anyone's reaches the SQL as such). The UPDATE
+        // takes the client row lock: concurrent enqueues for one client get seqs in commit order.
+        let client = hex(id.as_bytes());
+        let sql = format!(
+            "START TRANSACTION; \
+             UPDATE clients SET last_seq = LAST_INSERT_ID(last_seq + 1) WHERE id = X'{client}'; \
+             SET @chat_seq = IF(ROW_COUNT() = 1, LAST_INSERT_ID(), NULL); \
+             INSERT INTO messages (client_id, seq, body) \
+             SELECT X'{client}', @chat_seq, X'{}' FROM DUAL WHERE @chat_seq IS NOT NULL; \
+             SELECT @chat_seq, IF(@chat_seq IS NULL, NULL, LAST_INSERT_ID()); \
+             COMMIT",
+            hex(body)
+        );
+        let row = self
+            .timed(async {
+                let mut conn = self.pool.get_conn().await?;
+                let mut result = conn.query_iter(sql).await?;
+                let mut row: Option<(Option<u64>, Option<u64>)> = None;
+                // Every statement's result, so that a failed COMMIT is an error here.
+                while !result.is_empty() {
+                    let rows: Vec<(Option<u64>, Option<u64>)> = result.collect().await?;
+                    row = row.or(rows.into_iter().next());
+                }
+                Ok(row)
+            })
             .await?;
-            if tx.affected_rows() == 0 {
-                tx.rollback().await?;
-                return Ok(None);
-            }
-            let seq = tx.last_insert_id().unwrap_or_default();
-            tx.exec_drop(
-                "INSERT INTO messages (client_id, seq, body) VALUES (?, ?, ?)",
-                (&id.as_bytes()[..], seq, body),
-            )
-            .await?;
-            let message_id = tx.last_insert_id().unwrap_or_default();
-            tx.commit().await?;
-            Ok(Some(Stored {
-                id: message_id,
+        Ok(match row {
+            Some((Some(seq), Some(id))) => Some(Stored {
+                id,
                 seq,
                 duplicate: false,
                 replaced: 0,
-            }))
+            }),
+            _ => None,
         })
-        .await
     }
 
     /// Appends many messages, for many clients, in one transaction: one `UPDATE` of the client rows,

@@ -57,9 +57,11 @@ fn an_enqueue_reaches_only_the_node_holding_the_client() {
     // Exactly one notification, on B's channel.
     let mut line = String::new();
     spy_out.read_line(&mut line).unwrap();
+    // It carries the message itself (the node writes it without a read).
     assert!(
         line.contains(&format!("chat:node:{}", b.node_id))
-            && line.contains(&format!("wake {id_b}")),
+            && line.contains(&format!("msgs\\n{id_b} "))
+            && line.contains("for b only"),
         "{line}"
     );
     signal(spy.id(), "TERM");
