@@ -69,7 +69,8 @@ test: deps
 
 # The benchmark (docs/BENCHMARKS.md): chat against private MariaDB/Redis, Mosquitto side by side.
 # Each run starts from an empty chat_bench database (a growing messages table slows inserts).
-# Sizes and workloads via BENCH_ARGS="--only throughput --clients 100"; results in target/bench.json.
+# Sizes and workloads via BENCH_ARGS="--only throughput --clients 100"; results in target/bench.json,
+# and the scale curve (when the run has it) drawn from them in docs/scale.png.
 BENCH_ARGS ?=
 bench:
 	bash scripts/install-deps.sh --bench
@@ -77,7 +78,9 @@ bench:
 	@set -e; bash scripts/services.sh start; eval "$$(bash scripts/services.sh env)"; \
 	mariadb -h127.0.0.1 -P$${CHAT_MYSQL_PORT:-13306} -uroot -e 'DROP DATABASE IF EXISTS chat_bench'; \
 	./target/release/chat-bench --database-url "$${CHAT_DATABASE_URL%/*}/chat_bench" \
-		--redis-url "$$CHAT_REDIS_URL" --json target/bench.json $(BENCH_ARGS)
+		--redis-url "$$CHAT_REDIS_URL" --json target/bench.json $(BENCH_ARGS); \
+	if grep -q '"workload": "scale"' target/bench.json; then \
+		/usr/bin/python3 scripts/plot-bench.py target/bench.json docs/scale.png; fi
 
 # Formatting and clippy, warnings are errors.
 lint:

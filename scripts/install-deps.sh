@@ -5,7 +5,7 @@
 #   - HAProxy (haproxy; the load-balancer test runs deploy/haproxy.cfg)
 #   - OpenSSL (openssl; the TLS tests make their certificates with it)
 #   - telnet (optional, for talking to the chat server by hand)
-#   - with --bench: Mosquitto (the peer `make bench` compares against)
+#   - with --bench: Mosquitto (the peer `make bench` compares against), and matplotlib (the plot)
 # Idempotent and fast (<1 s) when everything is already present.
 set -euo pipefail
 
@@ -54,6 +54,15 @@ check() { # check <array-name-of-missing> <spec>
 
 for spec in "${REQUIRED[@]}"; do check missing_required "$spec"; done
 for spec in "${OPTIONAL[@]}"; do check missing_optional "$spec"; done
+# The benchmark draws its scale curve with matplotlib (scripts/plot-bench.py).
+if [ "${1:-}" = "--bench" ]; then
+    # The system Python: the one python3-matplotlib installs into (not a pyenv or venv one).
+    if /usr/bin/python3 -c 'import matplotlib' 2>/dev/null; then
+        echo "found     python3 matplotlib"
+    else
+        missing_required+=("python3-matplotlib")
+    fi
+fi
 
 if [ ${#missing_required[@]} -eq 0 ] && [ ${#missing_optional[@]} -eq 0 ]; then
     exit 0

@@ -40,7 +40,7 @@ pub enum LineError {
 #[derive(Debug)]
 pub struct LineCodec {
     max_len: usize,
-    line: BytesMut,
+    line: Vec<u8>,
     telnet: Telnet,
 }
 
@@ -48,7 +48,7 @@ impl LineCodec {
     pub fn new(max_len: usize) -> LineCodec {
         LineCodec {
             max_len,
-            line: BytesMut::new(),
+            line: Vec::new(),
             telnet: Telnet::Data,
         }
     }
@@ -58,7 +58,7 @@ impl LineCodec {
         if self.line.len() > self.max_len {
             return Err(LineError::TooLong(self.max_len));
         }
-        self.line.extend_from_slice(&[byte]);
+        self.line.push(byte);
         Ok(())
     }
 
@@ -69,18 +69,16 @@ impl LineCodec {
         if self.line.len() > self.max_len {
             return Err(LineError::TooLong(self.max_len));
         }
-        Ok(self.line.split().freeze())
+        // Taken whole: between lines the codec holds no buffer (idle connections cost nothing).
+        Ok(Bytes::from(std::mem::take(&mut self.line)))
     }
-}
 
-impl Decoder for LineCodec {
-    type Item = Bytes;
-    type Error = LineError;
-
-    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, LineError> {
+    /// Decodes from `src`: how many bytes it used, and the line (or error) they ended, if any.
+    /// Bytes of an unfinished line are kept in the codec.
+    pub fn decode_slice(&mut self, src: &[u8]) -> (usize, Option<Result<Bytes, LineError>>) {
         let mut consumed = 0;
         let mut found = None;
-        for &byte in src.iter() {
+        for &byte in src {
             consumed += 1;
             match self.telnet {
                 Telnet::Data => match byte {
@@ -126,6 +124,25 @@ impl Decoder for LineCodec {
                 }
             }
         }
+        (consumed, found)
+    }
+
+    /// At the end of input: the last line, even without its terminator (`printf NONE | nc`).
+    pub fn finish_eof(&mut self) -> Result<Option<Bytes>, LineError> {
+        if self.line.is_empty() {
+            Ok(None)
+        } else {
+            self.finish_line().map(Some)
+        }
+    }
+}
+
+impl Decoder for LineCodec {
+    type Item = Bytes;
+    type Error = LineError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, LineError> {
+        let (consumed, found) = self.decode_slice(src);
         src.advance(consumed);
         found.transpose()
     }
@@ -134,12 +151,7 @@ impl Decoder for LineCodec {
         if let Some(line) = self.decode(src)? {
             return Ok(Some(line));
         }
-        // A last line without its terminator still counts (e.g. `printf NONE | nc`).
-        if self.line.is_empty() {
-            Ok(None)
-        } else {
-            self.finish_line().map(Some)
-        }
+        self.finish_eof()
     }
 }
 

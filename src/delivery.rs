@@ -67,17 +67,24 @@ pub struct Progress {
     pub sent: u64,
     /// Last seq recorded in MySQL.
     recorded_seq: u64,
-    /// Acknowledged mode: last seq acknowledged with all before it.
+    /// Acknowledged mode's state (boxed: a plain session does not carry it).
+    acks: Option<Box<Acks>>,
+}
+
+/// The window of an acknowledged mode queue.
+#[derive(Debug)]
+struct Acks {
+    /// Last seq acknowledged with all before it.
     acked: u64,
-    /// Acknowledged mode: the bound on unacknowledged messages.
-    window: Option<usize>,
+    /// The bound on unacknowledged messages.
+    window: usize,
     inflight: VecDeque<InFlight>,
-    /// Acknowledged mode: seqs acknowledged after their deadline, to be marked expired in MySQL
-    /// before the cursor that covers them is recorded.
+    /// Seqs acknowledged after their deadline, to be marked expired in MySQL before the cursor
+    /// that covers them is recorded.
     late: Vec<u64>,
-    /// Acknowledged mode: seqs with a deadline acknowledged in time but ahead of the cumulative
-    /// cursor (an earlier message is still unacknowledged): their deadline is taken off in MySQL,
-    /// so that they are never reported expired.
+    /// Seqs with a deadline acknowledged in time but ahead of the cumulative cursor (an earlier
+    /// message is still unacknowledged): their deadline is taken off in MySQL, so that they are
+    /// never reported expired.
     kept: Vec<u64>,
 }
 
@@ -87,31 +94,37 @@ impl Progress {
         Progress {
             sent: delivered_seq,
             recorded_seq: delivered_seq,
-            acked: delivered_seq,
-            window: window.map(|w| w.max(1)),
-            inflight: VecDeque::new(),
-            late: Vec::new(),
-            kept: Vec::new(),
+            acks: window.map(|w| {
+                Box::new(Acks {
+                    acked: delivered_seq,
+                    window: w.max(1),
+                    inflight: VecDeque::new(),
+                    late: Vec::new(),
+                    kept: Vec::new(),
+                })
+            }),
         }
     }
 
     /// Whether messages need acknowledgements.
     pub fn acknowledged(&self) -> bool {
-        self.window.is_some()
+        self.acks.is_some()
     }
 
     /// Starts over after `delivered_seq` (the previous holder got that far).
     pub fn restart(&mut self, delivered_seq: u64) {
         self.sent = delivered_seq;
         self.recorded_seq = delivered_seq;
-        self.acked = delivered_seq;
-        self.inflight.clear();
+        if let Some(acks) = self.acks.as_mut() {
+            acks.acked = delivered_seq;
+            acks.inflight.clear();
+        }
     }
 
     /// How many messages the next round may fetch.
     pub fn room(&self, page: usize) -> usize {
-        match self.window {
-            Some(window) => page.min(window.saturating_sub(self.inflight.len())),
+        match &self.acks {
+            Some(acks) => page.min(acks.window.saturating_sub(acks.inflight.len())),
             None => page,
         }
     }
@@ -122,8 +135,8 @@ impl Progress {
         let mut last = None;
         for m in messages {
             last = Some(m.seq);
-            if self.acknowledged() {
-                self.inflight.push_back(InFlight {
+            if let Some(acks) = self.acks.as_mut() {
+                acks.inflight.push_back(InFlight {
                     seq: m.seq,
                     id: m.id,
                     acked: m.no_ack,
@@ -139,15 +152,15 @@ impl Progress {
 
     /// Whether message `id` waits for its acknowledgement here.
     pub fn awaits(&self, id: u64) -> bool {
-        self.inflight.iter().any(|m| m.id == id && !m.acked)
+        self.acks
+            .as_ref()
+            .is_some_and(|a| a.inflight.iter().any(|m| m.id == id && !m.acked))
     }
 
     /// Acknowledges message `id`.
     pub fn ack(&mut self, id: u64) -> Result<Acked, SessionError> {
-        if !self.acknowledged() {
-            return Err(SessionError::NotAckMode);
-        }
-        let entry = self
+        let acks = self.acks.as_mut().ok_or(SessionError::NotAckMode)?;
+        let entry = acks
             .inflight
             .iter_mut()
             .find(|m| m.id == id && !m.acked)
@@ -156,16 +169,17 @@ impl Progress {
         let (seq, deadline) = (entry.seq, entry.deadline);
         let in_time = match deadline {
             Some(d) if d <= Instant::now() => {
-                self.late.push(seq);
+                acks.late.push(seq);
                 false
             }
             Some(_) => true,
             None => false,
         };
         let advanced = self.advance();
-        let kept = in_time && self.acked < seq;
+        let acks = self.acks.as_mut().ok_or(SessionError::NotAckMode)?;
+        let kept = in_time && acks.acked < seq;
         if kept {
-            self.kept.push(seq);
+            acks.kept.push(seq);
         }
         Ok(Acked {
             advanced,
@@ -175,36 +189,40 @@ impl Progress {
 
     /// Seqs acknowledged too late (after their deadline), not yet marked expired in MySQL.
     pub fn late(&self) -> &[u64] {
-        &self.late
+        self.acks.as_ref().map_or(&[], |a| &a.late)
     }
 
     /// Seqs acknowledged in time ahead of the cursor, whose deadline is not yet taken off.
     pub fn kept(&self) -> &[u64] {
-        &self.kept
+        self.acks.as_ref().map_or(&[], |a| &a.kept)
     }
 
     /// The late and kept acknowledgements are written to MySQL.
     pub fn acks_marked(&mut self) {
-        self.late.clear();
-        self.kept.clear();
+        if let Some(acks) = self.acks.as_mut() {
+            acks.late.clear();
+            acks.kept.clear();
+        }
     }
 
     /// Moves the acknowledged cursor over the acknowledged front of the window; `true` if it moved.
     fn advance(&mut self) -> bool {
-        let before = self.acked;
-        while let Some(front) = self.inflight.front().filter(|m| m.acked) {
-            self.acked = front.seq;
-            self.inflight.pop_front();
+        let Some(acks) = self.acks.as_mut() else {
+            return false;
+        };
+        let before = acks.acked;
+        while let Some(front) = acks.inflight.front().filter(|m| m.acked) {
+            acks.acked = front.seq;
+            acks.inflight.pop_front();
         }
-        self.acked > before
+        acks.acked > before
     }
 
     /// Everything up to this seq is done (plain: written; acknowledged: acknowledged).
     pub fn done(&self) -> u64 {
-        if self.acknowledged() {
-            self.acked
-        } else {
-            self.sent
+        match &self.acks {
+            Some(acks) => acks.acked,
+            None => self.sent,
         }
     }
 
@@ -254,20 +272,27 @@ pub struct Cursor {
     pub own: Progress,
     /// Whether this session holds the delivery right in MySQL.
     pub holding: bool,
-    /// After this, the right is taken even from a holder that did not release it.
-    pub handoff_deadline: Instant,
+    /// Which group of record times the session is in (by client id).
+    group: u8,
     /// When to try delivering again after a failure or while waiting for the handoff.
     pub retry_at: Option<Instant>,
     /// When to write the cursors to MySQL.
     pub record_at: Option<Instant>,
     backoff: Duration,
-    handoff_poll: Duration,
-    /// Since when this session has been waiting for the previous one to hand over, and whether
-    /// the client was told.
-    waiting_since: Option<Instant>,
-    told_waiting: bool,
-    /// Which group of record times the session is in (by client id).
-    group: u64,
+    /// Until the session holds the delivery right: the wait for the previous holder (boxed: a
+    /// session that holds it carries none of this).
+    handoff: Option<Box<Handoff>>,
+}
+
+/// A session's wait for the previous session of its client to hand the delivery right over.
+#[derive(Debug)]
+struct Handoff {
+    /// After this, the right is taken even from a holder that did not release it.
+    deadline: Instant,
+    poll: Duration,
+    /// Since when the session has been waiting, and whether the client was told.
+    since: Option<Instant>,
+    told: bool,
 }
 
 impl Cursor {
@@ -276,21 +301,32 @@ impl Cursor {
         Cursor {
             own: Progress::new(claim.delivered_seq, window),
             holding: claim.holding,
-            handoff_deadline,
+            group: 0,
             retry_at: None,
             record_at: None,
             backoff: FIRST_BACKOFF,
-            handoff_poll: HANDOFF_POLL,
-            waiting_since: None,
-            told_waiting: false,
-            group: 0,
+            handoff: (!claim.holding).then(|| {
+                Box::new(Handoff {
+                    deadline: handoff_deadline,
+                    poll: HANDOFF_POLL,
+                    since: None,
+                    told: false,
+                })
+            }),
         }
     }
 
     /// The session records with group `group` (0..[`RECORD_GROUPS`]).
     pub fn in_group(mut self, group: u64) -> Cursor {
-        self.group = group;
+        self.group = (group % RECORD_GROUPS) as u8;
         self
+    }
+
+    /// Until when the previous holder may keep the delivery right (now, if there is no wait).
+    pub fn handoff_deadline(&self) -> Instant {
+        self.handoff
+            .as_ref()
+            .map_or_else(Instant::now, |h| h.deadline)
     }
 
     /// Whether messages need acknowledgements.
@@ -301,6 +337,7 @@ impl Cursor {
     /// The session now holds the delivery right; the previous holder got as far as `delivered_seq`.
     pub fn acquired(&mut self, delivered_seq: u64) {
         self.holding = true;
+        self.handoff = None;
         self.own.restart(delivered_seq);
         self.backoff = FIRST_BACKOFF;
     }
@@ -310,7 +347,7 @@ impl Cursor {
     /// deliver in the same period then record at the same moment, so that the group commit writes
     /// them in one statement, and the groups spread those writes over the period.
     pub fn record_within(&mut self, delay: Duration) {
-        let at = on_grid(Instant::now(), delay, self.group);
+        let at = on_grid(Instant::now(), delay, u64::from(self.group));
         if self.record_at.is_none_or(|t| t > at) {
             self.record_at = Some(at);
         }
@@ -334,13 +371,21 @@ impl Cursor {
     /// The previous session still holds the client: look again shortly. `true` once, when the
     /// wait has gone on long enough that the client should be told why nothing comes.
     pub fn wait_for_handoff(&mut self) -> bool {
-        self.retry_at = Some(Instant::now() + self.handoff_poll);
-        self.handoff_poll = (self.handoff_poll * 2).min(MAX_HANDOFF_POLL);
-        let since = *self.waiting_since.get_or_insert_with(Instant::now);
-        if self.told_waiting || since.elapsed() < HANDOFF_NOTICE_AFTER {
+        let handoff = self.handoff.get_or_insert_with(|| {
+            Box::new(Handoff {
+                deadline: Instant::now(),
+                poll: HANDOFF_POLL,
+                since: None,
+                told: false,
+            })
+        });
+        self.retry_at = Some(Instant::now() + handoff.poll);
+        handoff.poll = (handoff.poll * 2).min(MAX_HANDOFF_POLL);
+        let since = *handoff.since.get_or_insert_with(Instant::now);
+        if handoff.told || since.elapsed() < HANDOFF_NOTICE_AFTER {
             return false;
         }
-        self.told_waiting = true;
+        handoff.told = true;
         true
     }
 

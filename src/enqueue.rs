@@ -294,10 +294,9 @@ impl Enqueuer {
                     .ok_or(EnqueueError::UnknownClient(*id)),
             })
             .collect();
-        let fresh = items
-            .iter()
-            .zip(&results)
-            .filter_map(|((id, text), r)| Some((*id, *text, r.as_ref().ok().filter(|s| !s.duplicate)?)));
+        let fresh = items.iter().zip(&results).filter_map(|((id, text), r)| {
+            Some((*id, *text, r.as_ref().ok().filter(|s| !s.duplicate)?))
+        });
         let notified = match &self.bus {
             // Plain messages go to their holding nodes whole (one publish per node and 500).
             Some(bus) if options.is_plain() => {

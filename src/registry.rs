@@ -1,11 +1,12 @@
 //! This node's live sessions by client id: wake one (for its own queue, a room, or its memberships), kick one, list them for sweeps and lease renewal.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
+use std::task::{Context, Poll};
+
+use futures::task::AtomicWaker;
 
 use crate::store::Pending;
 use crate::{ClientId, RoomId};
@@ -30,16 +31,55 @@ struct Lists {
     carried: Vec<Pending>,
 }
 
-/// Why a session was woken, coalesced until it looks: many wakes, one round.
+/// Why the node ends a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kick {
+    /// A newer session of the same client took it over.
+    TakenOver,
+    /// The client was banned.
+    Banned,
+    /// The node is shutting down.
+    Shutdown,
+}
+
+impl Kick {
+    fn code(self) -> u8 {
+        match self {
+            Kick::TakenOver => 1,
+            Kick::Banned => 2,
+            Kick::Shutdown => 3,
+        }
+    }
+
+    fn from_code(code: u8) -> Option<Kick> {
+        match code {
+            1 => Some(Kick::TakenOver),
+            2 => Some(Kick::Banned),
+            3 => Some(Kick::Shutdown),
+            _ => None,
+        }
+    }
+}
+
+/// Why a session was woken, coalesced until it looks: many wakes, one round. Also how the node
+/// ends it (a kick), so that an idle session waits on one thing besides its socket.
 #[derive(Debug, Default)]
 pub struct Signals {
-    notify: Notify,
+    /// The session's task, woken when `woken` is set (one waiter: no wait list, no future).
+    waker: AtomicWaker,
+    woken: AtomicBool,
+    /// The session's epoch (its claim in MySQL).
+    epoch: u64,
+    /// Why the node ends the session, if it does ([`Kick`] code; 0: it does not). The first
+    /// reason stays.
+    kick: AtomicU8,
     /// Messages may be pending in the client's own queue.
     own: AtomicBool,
     /// The client's memberships changed: load its rooms again.
     reload: AtomicBool,
-    /// Rooms with new messages (every room when `all_rooms`), and carried messages.
-    lists: Mutex<Lists>,
+    /// Rooms with new messages (every room when `all_rooms`), and carried messages; boxed and
+    /// taken whole, so that a session with nothing waiting keeps no lists.
+    lists: Mutex<Option<Box<Lists>>>,
     all_rooms: AtomicBool,
     /// The rooms version the session has loaded (the sweep compares it with MySQL's).
     rooms_version: AtomicU64,
@@ -58,20 +98,41 @@ pub struct Woken {
 }
 
 impl Signals {
+    fn new(epoch: u64) -> Signals {
+        Signals {
+            epoch,
+            ..Signals::default()
+        }
+    }
+
+    /// Ends the session for `why` (the first reason given stays).
+    pub fn kick(&self, why: Kick) {
+        let _ = self
+            .kick
+            .compare_exchange(0, why.code(), Ordering::AcqRel, Ordering::Acquire);
+        self.wake();
+    }
+
+    /// Why the node ends the session, if it does.
+    pub fn kicked(&self) -> Option<Kick> {
+        Kick::from_code(self.kick.load(Ordering::Acquire))
+    }
+
     /// Messages may be pending in the client's own queue.
     pub fn wake_own(&self) {
         self.own.store(true, Ordering::Relaxed);
-        self.notify.notify_one();
+        self.wake();
     }
 
-    fn lists(&self) -> std::sync::MutexGuard<'_, Lists> {
+    fn lists(&self) -> std::sync::MutexGuard<'_, Option<Box<Lists>>> {
         self.lists.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// `room` has new messages.
     pub fn wake_room(&self, room: RoomId) {
         {
-            let mut lists = self.lists();
+            let mut guard = self.lists();
+            let lists = guard.get_or_insert_with(Box::default);
             if !lists.rooms.contains(&room) {
                 if lists.rooms.len() < WOKEN_ROOMS_MAX {
                     lists.rooms.push(room);
@@ -80,7 +141,7 @@ impl Signals {
                 }
             }
         }
-        self.notify.notify_one();
+        self.wake();
     }
 
     /// A message of the own queue was committed, and here it is: kept for the next round, which
@@ -88,7 +149,8 @@ impl Signals {
     pub fn carry(&self, message: Pending) {
         let size = message.body.len();
         let kept = {
-            let mut lists = self.lists();
+            let mut guard = self.lists();
+            let lists = guard.get_or_insert_with(Box::default);
             let room = CARRIED_BYTES.fetch_add(size, Ordering::Relaxed) + size <= CARRIED_BYTES_MAX;
             if room && lists.carried.len() < CARRIED_MAX {
                 lists.carried.push(message);
@@ -99,7 +161,7 @@ impl Signals {
             }
         };
         if kept {
-            self.notify.notify_one();
+            self.wake();
         } else {
             self.wake_own();
         }
@@ -108,28 +170,43 @@ impl Signals {
     /// Every room may have new messages (after a lost subscription, say).
     pub fn wake_all_rooms(&self) {
         self.all_rooms.store(true, Ordering::Relaxed);
-        self.notify.notify_one();
+        self.wake();
     }
 
     /// The memberships changed: load the rooms again.
     pub fn wake_reload(&self) {
         self.reload.store(true, Ordering::Relaxed);
-        self.notify.notify_one();
+        self.wake();
     }
 
-    /// Waits for a wake (returns at once if one came since the last `take`).
-    pub async fn notified(&self) {
-        self.notify.notified().await
+    fn wake(&self) {
+        self.woken.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// Ready once a wake came since it was last ready (the session's task is woken for it).
+    pub fn poll_woken(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.woken.swap(false, Ordering::AcqRel) {
+            return Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        if self.woken.swap(false, Ordering::AcqRel) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// Waits for a wake (returns at once if one came since it was last ready).
+    pub async fn woken(&self) {
+        std::future::poll_fn(|cx| self.poll_woken(cx)).await
     }
 
     /// Takes what the session was woken for, clearing it.
     pub fn take(&self) -> Woken {
-        let (rooms, carried) = {
-            let mut lists = self.lists();
-            (
-                std::mem::take(&mut lists.rooms),
-                std::mem::take(&mut lists.carried),
-            )
+        let (rooms, carried) = match self.lists().take() {
+            Some(lists) => (lists.rooms, lists.carried),
+            None => (Vec::new(), Vec::new()),
         };
         let size: usize = carried.iter().map(|m| m.body.len()).sum();
         CARRIED_BYTES.fetch_sub(size, Ordering::Relaxed);
@@ -153,37 +230,33 @@ impl Signals {
     }
 }
 
-#[derive(Debug)]
-struct Entry {
-    epoch: u64,
-    signals: Arc<Signals>,
-    kick: CancellationToken,
-    banned: Arc<AtomicBool>,
-}
-
 /// What a session holds of its registration.
 #[derive(Debug)]
 pub struct Registration {
     pub client_id: ClientId,
     pub epoch: u64,
-    /// Why it was woken (coalesces: many wakes, one round).
+    /// Why it was woken (coalesces: many wakes, one round), and whether it was kicked.
     pub signals: Arc<Signals>,
-    /// Cancelled when a newer session took the client over, or the client was banned.
-    pub kicked: CancellationToken,
-    banned: Arc<AtomicBool>,
 }
 
 impl Registration {
-    /// Whether the kick was a ban (rather than a takeover).
-    pub fn banned(&self) -> bool {
-        self.banned.load(Ordering::Relaxed)
+    /// Why the node ends the session, if it does.
+    pub fn kicked(&self) -> Option<Kick> {
+        self.signals.kicked()
     }
 }
 
 /// The sessions of this node. The lock is never held across an await.
 #[derive(Debug, Default)]
 pub struct Registry {
-    sessions: Mutex<HashMap<ClientId, Entry>>,
+    sessions: Mutex<Sessions>,
+}
+
+/// The registered sessions, and whether the node is shutting down.
+#[derive(Debug, Default)]
+struct Sessions {
+    by_client: HashMap<ClientId, Arc<Signals>>,
+    closed: bool,
 }
 
 impl Registry {
@@ -192,26 +265,20 @@ impl Registry {
     }
 
     /// Registers session `epoch` of `id`. An older session of the same client on this node is
-    /// kicked; if a newer one is already here, the new registration comes back kicked.
+    /// kicked; if a newer one is already here, or the node is shutting down, the new registration
+    /// comes back kicked.
     pub fn register(&self, id: ClientId, epoch: u64) -> Registration {
-        let signals = Arc::new(Signals::default());
-        let kick = CancellationToken::new();
-        let banned = Arc::new(AtomicBool::new(false));
+        let signals = Arc::new(Signals::new(epoch));
         let mut sessions = self.lock();
-        match sessions.get(&id) {
-            Some(current) if current.epoch > epoch => kick.cancel(),
-            _ => {
-                let old = sessions.insert(
-                    id,
-                    Entry {
-                        epoch,
-                        signals: signals.clone(),
-                        kick: kick.clone(),
-                        banned: banned.clone(),
-                    },
-                );
-                if let Some(old) = old {
-                    old.kick.cancel();
+        if sessions.closed {
+            signals.kick(Kick::Shutdown);
+        } else {
+            match sessions.by_client.get(&id) {
+                Some(current) if current.epoch > epoch => signals.kick(Kick::TakenOver),
+                _ => {
+                    if let Some(old) = sessions.by_client.insert(id, signals.clone()) {
+                        old.kick(Kick::TakenOver);
+                    }
                 }
             }
         }
@@ -219,16 +286,28 @@ impl Registry {
             client_id: id,
             epoch,
             signals,
-            kicked: kick,
-            banned,
         }
+    }
+
+    /// Shutdown: kicks every session, and every session registered from now on.
+    pub fn close(&self) -> usize {
+        let mut sessions = self.lock();
+        sessions.closed = true;
+        for signals in sessions.by_client.values() {
+            signals.kick(Kick::Shutdown);
+        }
+        sessions.by_client.len()
     }
 
     /// Removes session `epoch` of `id`, unless a newer one replaced it.
     pub fn unregister(&self, id: ClientId, epoch: u64) {
         let mut sessions = self.lock();
-        if sessions.get(&id).is_some_and(|e| e.epoch == epoch) {
-            sessions.remove(&id);
+        if sessions
+            .by_client
+            .get(&id)
+            .is_some_and(|s| s.epoch == epoch)
+        {
+            sessions.by_client.remove(&id);
         }
     }
 
@@ -250,13 +329,13 @@ impl Registry {
 
     /// The signals of the session of `id`, if this node has one.
     pub fn signals(&self, id: ClientId) -> Option<Arc<Signals>> {
-        self.lock().get(&id).map(|e| e.signals.clone())
+        self.lock().by_client.get(&id).cloned()
     }
 
     fn with(&self, id: ClientId, f: impl FnOnce(&Signals)) -> bool {
-        match self.lock().get(&id) {
-            Some(entry) => {
-                f(&entry.signals);
+        match self.lock().by_client.get(&id) {
+            Some(signals) => {
+                f(signals);
                 true
             }
             None => false,
@@ -266,10 +345,10 @@ impl Registry {
     /// Kicks the session of `id` if it is older than `newer_epoch`.
     pub fn kick(&self, id: ClientId, newer_epoch: u64) -> bool {
         let mut sessions = self.lock();
-        match sessions.get(&id) {
-            Some(entry) if entry.epoch < newer_epoch => {
-                entry.kick.cancel();
-                sessions.remove(&id);
+        match sessions.by_client.get(&id) {
+            Some(signals) if signals.epoch < newer_epoch => {
+                signals.kick(Kick::TakenOver);
+                sessions.by_client.remove(&id);
                 true
             }
             _ => false,
@@ -278,10 +357,9 @@ impl Registry {
 
     /// Closes the session of `id`, if any, because the client was banned.
     pub fn ban(&self, id: ClientId) -> bool {
-        match self.lock().remove(&id) {
-            Some(entry) => {
-                entry.banned.store(true, Ordering::Relaxed);
-                entry.kick.cancel();
+        match self.lock().by_client.remove(&id) {
+            Some(signals) => {
+                signals.kick(Kick::Banned);
                 true
             }
             None => false,
@@ -290,20 +368,25 @@ impl Registry {
 
     /// Every session as (client id, epoch).
     pub fn snapshot(&self) -> Vec<(ClientId, u64)> {
-        self.lock().iter().map(|(id, e)| (*id, e.epoch)).collect()
+        self.lock()
+            .by_client
+            .iter()
+            .map(|(id, s)| (*id, s.epoch))
+            .collect()
     }
 
     /// The sessions that have loaded rooms, with the rooms version each loaded.
     pub fn room_versions(&self) -> Vec<(ClientId, u64)> {
         self.lock()
+            .by_client
             .iter()
-            .map(|(id, e)| (*id, e.signals.rooms_version()))
+            .map(|(id, s)| (*id, s.rooms_version()))
             .collect()
     }
 
     /// Number of live sessions.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().by_client.len()
     }
 
     /// Whether there are no live sessions.
@@ -311,7 +394,7 @@ impl Registry {
         self.len() == 0
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ClientId, Entry>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Sessions> {
         // A panic while holding this lock cannot leave the map half-updated; keep serving.
         self.sessions.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -327,14 +410,14 @@ mod tests {
         let id = ClientId::random();
         let old = reg.register(id, 1);
         let new = reg.register(id, 2);
-        assert!(old.kicked.is_cancelled());
-        assert!(!new.kicked.is_cancelled());
+        assert!(old.kicked() == Some(Kick::TakenOver));
+        assert!(new.kicked().is_none());
         // The old session's cleanup must not remove the new one.
         reg.unregister(id, 1);
         assert_eq!(reg.snapshot(), vec![(id, 2)]);
         // A late registration of an older epoch is refused at once.
         let late = reg.register(id, 1);
-        assert!(late.kicked.is_cancelled());
+        assert!(late.kicked().is_some());
         assert_eq!(reg.len(), 1);
     }
 
@@ -344,9 +427,9 @@ mod tests {
         let id = ClientId::random();
         let s = reg.register(id, 5);
         assert!(!reg.kick(id, 5));
-        assert!(!s.kicked.is_cancelled());
+        assert!(s.kicked().is_none());
         assert!(reg.kick(id, 6));
-        assert!(s.kicked.is_cancelled());
+        assert_eq!(s.kicked(), Some(Kick::TakenOver));
         assert!(reg.is_empty());
         assert!(!reg.wake(id));
     }
@@ -385,7 +468,21 @@ mod tests {
         let id = ClientId::random();
         let s = reg.register(id, 9);
         assert!(reg.ban(id));
-        assert!(s.kicked.is_cancelled() && s.banned());
+        assert_eq!(s.kicked(), Some(Kick::Banned));
         assert!(!reg.ban(id));
+    }
+
+    #[test]
+    fn closing_kicks_every_session_and_every_later_one() {
+        let reg = Registry::new();
+        let s = reg.register(ClientId::random(), 1);
+        assert_eq!(reg.close(), 1);
+        assert_eq!(s.kicked(), Some(Kick::Shutdown));
+        // A kick keeps its first reason.
+        s.signals.kick(Kick::Banned);
+        assert_eq!(s.kicked(), Some(Kick::Shutdown));
+        let late = reg.register(ClientId::random(), 1);
+        assert_eq!(late.kicked(), Some(Kick::Shutdown));
+        assert_eq!(reg.len(), 1);
     }
 }

@@ -1,10 +1,12 @@
 //! A node's listeners: the accept loop, the connection limit, PROXY header and TLS, admission, and shutdown.
 
+use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::Either;
 use socket2::{Domain, SockRef, Socket, TcpKeepalive, Type};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -94,6 +96,9 @@ pub async fn run_with_tls(
     acceptors.close();
     acceptors.wait().await;
     node.start_draining();
+    // Established sessions hear it through their signals; those in their handshake through
+    // `shutdown`, and those in between when they register.
+    node.registry.close();
 
     info!(
         sessions = sessions.len(),
@@ -151,21 +156,22 @@ async fn accept_loop(
     }
 }
 
-/// One accepted connection: its PROXY header (`--proxy-protocol`), its TLS handshake (TLS
-/// listener), both within the handshake timeout, then admission and the session.
-async fn connection(
+/// One accepted connection's task: its PROXY header (`--proxy-protocol`) and its TLS handshake
+/// (TLS listener) first, boxed, within the handshake timeout; a plain connection goes straight
+/// to admission, so that its task is no bigger than its session.
+fn connection(
     stream: TcpStream,
     peer: SocketAddr,
     tls: bool,
     permit: Option<OwnedSemaphorePermit>,
     node: Arc<Node>,
     shutdown: CancellationToken,
-) {
+) -> impl Future<Output = ()> + Send {
     if !tls && !node.config.proxy_protocol {
-        return admit(stream, peer, permit, node, shutdown).await;
+        Either::Left(admit(stream, peer, permit, node, shutdown))
+    } else {
+        Either::Right(Box::pin(unwrap(stream, peer, tls, permit, node, shutdown)))
     }
-    // Boxed: a plain connection's task then carries none of this state.
-    Box::pin(unwrap(stream, peer, tls, permit, node, shutdown)).await
 }
 
 /// The PROXY header and the TLS handshake, before admission.
@@ -223,14 +229,15 @@ async fn unwrap(
 }
 
 /// Refuses a banned, rate-limited or surplus connection with one line; serves the others.
-async fn admit<S>(
+fn admit<S>(
     stream: S,
     peer: SocketAddr,
     permit: Option<OwnedSemaphorePermit>,
     node: Arc<Node>,
     shutdown: CancellationToken,
-) where
-    S: AsyncRead + AsyncWrite + Send + 'static,
+) -> impl Future<Output = ()> + Send
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static,
 {
     let refusal = match node.admission.check_addr(peer.ip()) {
         Verdict::Allow if permit.is_none() => Some(SessionError::ServerFull),
@@ -238,14 +245,15 @@ async fn admit<S>(
         Verdict::Banned => Some(SessionError::Banned),
         Verdict::RateLimited => Some(SessionError::RateLimited),
     };
-    if let Some(why) = refusal {
-        drop(permit);
-        stats::handshake(stats::refusal(&why));
-        debug!(peer = %peer, reason = %why, "connection refused");
-        return refuse(stream, why).await;
+    match refusal {
+        Some(why) => {
+            drop(permit);
+            stats::handshake(stats::refusal(&why));
+            debug!(peer = %peer, reason = %why, "connection refused");
+            Either::Left(refuse(stream, why))
+        }
+        None => Either::Right(session::run(stream, peer, permit, node, shutdown)),
     }
-    session::run(stream, peer, node, shutdown).await;
-    drop(permit);
 }
 
 /// Low latency for small lines, and keepalive probes to find peers that vanished.

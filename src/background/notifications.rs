@@ -99,7 +99,10 @@ fn handle(node: &Node, from: From, note: Note) {
             stats::notifications(messages.len());
             for m in messages {
                 let client = m.client;
-                node.registry.carry(client, crate::store::Pending::carried(m.seq, m.id, m.body, m.at_us));
+                node.registry.carry(
+                    client,
+                    crate::store::Pending::carried(m.seq, m.id, m.body, m.at_us),
+                );
             }
         }
         Note::Post(post) => {

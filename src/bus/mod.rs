@@ -396,8 +396,11 @@ impl Bus {
                 bytes += m.body.len() + 80;
                 batch.push(m);
                 if batch.len() >= WAKE_CHUNK || bytes >= 256 * 1024 {
-                    pipe.publish(node_channel(&node), Note::Carry(std::mem::take(&mut batch)).encode())
-                        .ignore();
+                    pipe.publish(
+                        node_channel(&node),
+                        Note::Carry(std::mem::take(&mut batch)).encode(),
+                    )
+                    .ignore();
                     bytes = 0;
                 }
             }

@@ -1,6 +1,5 @@
 //! A session's deliveries: take the delivery right, run a round (its own queue, its rooms), record the cursors, take in acknowledgements.
 
-use futures::StreamExt;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tracing::{debug, warn};
@@ -27,7 +26,7 @@ pub(super) struct Recorded {
     rooms_result: Result<bool, StoreError>,
 }
 
-impl<S: AsyncRead + AsyncWrite> Session<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// One delivery round for what the session was woken for: takes the delivery right if
     /// needed, loads the rooms if they changed, reads the next page of the own queue (MySQL) and
     /// of each woken room (the hub's memory, else MySQL), writes them in one go, then records
@@ -48,7 +47,7 @@ impl<S: AsyncRead + AsyncWrite> Session<S> {
                 .acknowledged()
                 .then_some(self.node.config.max_inflight);
             if let Err(e) = self.load_rooms(reg, window).await {
-                warn!(error = %e, "could not load the client's rooms; will retry");
+                warn!(client_id = %reg.client_id, error = %e, "could not load the client's rooms; will retry");
                 self.rooms_wanted = true;
                 cursor.failed();
             }
@@ -57,10 +56,11 @@ impl<S: AsyncRead + AsyncWrite> Session<S> {
         let mut own = None;
         if woken.own || !woken.carried.is_empty() {
             let carried = std::mem::take(&mut woken.carried);
-            let round = match round::take(&node, reg, cursor, &mut self.out, carried, woken.own).await {
-                Ok(round) => round,
-                Err(Stale) => return Err(End::TakenOver),
-            };
+            let round =
+                match round::take(&node, reg, cursor, &mut self.out, carried, woken.own).await {
+                    Ok(round) => round,
+                    Err(Stale) => return Err(End::TakenOver),
+                };
             if round.failed {
                 cursor.failed();
             }
@@ -132,7 +132,7 @@ impl<S: AsyncRead + AsyncWrite> Session<S> {
             Ok(false) => Err(End::TakenOver),
             // The command answers from what MySQL has; the record is retried on the next tick.
             Err(e) => {
-                warn!(error = %e, "could not record read cursors");
+                warn!(client_id = %reg.client_id, error = %e, "could not record read cursors");
                 Ok(())
             }
         }
@@ -178,7 +178,7 @@ impl<S: AsyncRead + AsyncWrite> Session<S> {
     /// node is dead (its node lock in MySQL is free) is taken over at once, in the same statement.
     async fn take_over(&mut self, reg: &Registration, cursor: &mut Cursor) -> Result<bool, End> {
         let node = &self.node;
-        let force = Instant::now() >= cursor.handoff_deadline;
+        let force = Instant::now() >= cursor.handoff_deadline();
         match node
             .store
             .acquire(reg.client_id, reg.epoch, &node.config.node_id, force)
@@ -192,7 +192,7 @@ impl<S: AsyncRead + AsyncWrite> Session<S> {
             Ok(Acquire::Busy { holder_node }) => {
                 if cursor.wait_for_handoff() {
                     let wait = cursor
-                        .handoff_deadline
+                        .handoff_deadline()
                         .saturating_duration_since(Instant::now());
                     let holder = holder_node.unwrap_or_default();
                     self.out_reply(Reply::Waiting(&holder, wait.as_secs().max(1)));
@@ -201,7 +201,7 @@ impl<S: AsyncRead + AsyncWrite> Session<S> {
                 Ok(false)
             }
             Err(e) => {
-                warn!(error = %e, "could not take the delivery right; will retry");
+                warn!(client_id = %reg.client_id, error = %e, "could not take the delivery right; will retry");
                 cursor.failed();
                 Ok(false)
             }
@@ -220,7 +220,7 @@ impl<S: AsyncRead + AsyncWrite> Session<S> {
         // Acknowledged too late: expired, marked so before the cursor passes them; in time but
         // ahead of the cursor: their deadline taken off.
         if let Err(e) = self.mark_acks(reg, cursor).await {
-            warn!(error = %e, "could not record acknowledgements against deadlines; will retry");
+            warn!(client_id = %reg.client_id, error = %e, "could not record acknowledgements against deadlines; will retry");
             cursor.record_failed();
             return Ok(());
         }
@@ -250,11 +250,11 @@ impl<S: AsyncRead + AsyncWrite> Session<S> {
             } else {
                 node.room_cursors.call((client, epoch, rooms.clone())).await
             };
-            Recorded {
+            Box::new(Recorded {
                 own,
                 rooms,
                 rooms_result,
-            }
+            })
         }));
         Ok(())
     }
@@ -324,7 +324,9 @@ impl<S: AsyncRead + AsyncWrite> Session<S> {
     /// they are recorded instead of lost (and the messages not delivered again).
     pub(super) async fn read_last_acks(&mut self, reg: &Registration, cursor: &mut Cursor) {
         let deadline = Instant::now() + LAST_ACKS;
-        while let Ok(Some(Ok(line))) = tokio::time::timeout_at(deadline, self.reader.next()).await {
+        while let Ok(Some(Ok(line))) =
+            tokio::time::timeout_at(deadline, self.conn.next_line()).await
+        {
             if let Ok(Command::Ack(id)) = protocol::parse_command(&line) {
                 let _ = self.ack(reg, cursor, id);
             }

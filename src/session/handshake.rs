@@ -1,6 +1,5 @@
 //! The start of a session: the answer to `GET_CLIENT_ID`, the claim in MySQL, the lease in Redis.
 
-use futures::StreamExt;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
@@ -14,7 +13,7 @@ use crate::protocol::{self, Identity, SessionError};
 use crate::store::Claim;
 use crate::ClientId;
 
-impl<S: AsyncRead + AsyncWrite> Session<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// Reads the answer to `GET_CLIENT_ID` and claims the client. `Ok(None)`: the peer left.
     pub(super) async fn handshake(
         &mut self,
@@ -23,7 +22,7 @@ impl<S: AsyncRead + AsyncWrite> Session<S> {
         let limit = self.node.config.handshake_timeout;
         let line = tokio::select! {
             _ = shutdown.cancelled() => return Ok(None),
-            line = timeout(limit, self.reader.next()) => line,
+            line = timeout(limit, self.conn.next_line()) => line,
         };
         let line = match line {
             Err(_) => return Err(SessionError::HandshakeTimeout(limit.as_secs())),
@@ -84,23 +83,21 @@ impl<S: AsyncRead + AsyncWrite> Session<S> {
 
     /// Counts a failed handshake against the peer's address.
     pub(super) fn failed(&self) {
-        if let Some(ip) = self.peer {
-            self.node.admission.failed(ip);
-        }
+        self.node.admission.failed(self.peer.ip());
     }
 
     /// Records this node as the client's holder in Redis and kicks the previous holder elsewhere.
     /// Failures only delay notifications (the sweep still finds pending messages).
-    pub(super) async fn announce(&self, id: ClientId, owner: &Owner) {
+    pub(super) async fn announce(&mut self, id: ClientId, owner: &Owner) {
         let bus = &self.node.bus;
         match bus.claim(id, owner, self.node.config.lease).await {
             Ok(Some(previous)) if previous.node != owner.node && previous.epoch < owner.epoch => {
                 if let Err(e) = bus.send(&previous.node, Note::Kick(id, owner.epoch)).await {
-                    warn!(error = %e, node = %previous.node, "could not tell the previous node");
+                    warn!(client_id = %id, error = %e, node = %previous.node, "could not tell the previous node");
                 }
             }
             Ok(_) => {}
-            Err(e) => warn!(error = %e, "could not record ownership in Redis"),
+            Err(e) => warn!(client_id = %id, error = %e, "could not record ownership in Redis"),
         }
     }
 }

@@ -1,37 +1,48 @@
 //! One client's life on a node: handshake, then a loop over its commands and its deliveries, then cleanup.
 
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use futures::StreamExt;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
-use tokio::time::{sleep_until, timeout, Instant};
-use tokio_util::codec::FramedRead;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::{sleep_until, timeout, Instant, Sleep};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn, Instrument};
+use tracing::{debug, info, warn};
 
+mod conn;
 mod deliver;
 mod handshake;
 mod rooms;
 mod round;
 
+use self::conn::Conn;
 use crate::bus::Owner;
 use crate::chat::{self, ChatState, Ctx, Effect};
-use crate::codec::{LineCodec, LineError};
+use crate::codec::LineError;
 use crate::delivery::Cursor;
 use crate::node::Node;
 use crate::protocol::chat_reply::write_help;
 use crate::protocol::{self, ByeReason, Command, Reply, SessionError};
-use crate::registry::{Registration, Woken};
+use crate::registry::{Kick, Registration, Woken};
 use crate::stats;
 
-/// Socket read buffer per connection; a longer line is assembled in the codec, up to `--max-line`.
-const READ_BUFFER: usize = 128;
 /// How long the goodbye line may take to leave.
 const BYE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a session the node ends waits for acknowledgements already on their way.
 const LAST_ACKS: Duration = Duration::from_millis(50);
+
+/// What woke an established session.
+enum Event {
+    /// Its signals: messages to deliver, rooms to load, or a kick.
+    Woken,
+    Line(Option<Result<bytes::Bytes, LineError>>),
+    Timer,
+    Recorded(Result<Box<deliver::Recorded>, tokio::task::JoinError>),
+}
 
 /// Why a session ended.
 #[derive(Debug)]
@@ -46,47 +57,48 @@ enum End {
     WriteTimeout,
 }
 
-/// Serves one accepted connection (plain TCP or TLS) from `peer` until it ends.
-pub async fn run<S>(
+/// Serves one accepted connection (plain TCP or TLS) from `peer` until it ends; `permit` is its
+/// connection slot, held as long.
+///
+/// The future is the connection's whole task and what an idle session costs: the session moves
+/// into it once, the handshake, the handlers and the cleanup are boxed while they run, so that
+/// waiting keeps only the session, its cursor and the small select state.
+pub fn run<S>(
     stream: S,
     peer: std::net::SocketAddr,
+    permit: Option<OwnedSemaphorePermit>,
     node: Arc<Node>,
     shutdown: CancellationToken,
-) where
-    S: AsyncRead + AsyncWrite + Send + 'static,
+) -> impl Future<Output = ()> + Send
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static,
 {
-    let peer = Some(peer);
-    let span = tracing::info_span!("session", peer = ?peer, client_id = tracing::field::Empty);
-    async move {
-        let (read, write) = tokio::io::split(stream);
-        let mut session = Session {
-            reader: FramedRead::with_capacity(
-                read,
-                LineCodec::new(node.config.max_line),
-                READ_BUFFER,
-            ),
-            writer: write,
-            out: BytesMut::new(),
-            peer: peer.map(|p| p.ip()),
-            chat: None,
-            streams: None,
-            rooms_wanted: false,
-            recording: None,
-            node,
-        };
-        session.serve(shutdown).await;
-    }
-    .instrument(span)
-    .await
+    let mut session = Session {
+        conn: Conn::new(stream, node.config.max_line),
+        out: BytesMut::new(),
+        peer,
+        chat: None,
+        streams: None,
+        rooms_wanted: false,
+        recording: None,
+        timer: None,
+        _permit: permit,
+        node,
+    };
+    // The session is captured, not moved into a parameter: an async fn keeps its by-value
+    // arguments twice.
+    // No tracing span: an enabled one costs every idle session a slot in the subscriber's
+    // registry; the session's events name the client and the peer themselves.
+    async move { session.serve(&shutdown).await }
 }
 
 struct Session<S> {
     node: Arc<Node>,
-    reader: FramedRead<ReadHalf<S>, LineCodec>,
-    writer: WriteHalf<S>,
-    /// Lines rendered and not yet written.
+    conn: Conn<S>,
+    /// Lines rendered and not yet written (unallocated between writes).
     out: BytesMut,
-    peer: Option<std::net::IpAddr>,
+    /// The client's address (from the PROXY header behind a proxy).
+    peer: std::net::SocketAddr,
     /// What the chat commands keep (made at the first one).
     chat: Option<Box<ChatState>>,
     /// The client's rooms (loaded once the session holds the delivery right).
@@ -95,107 +107,174 @@ struct Session<S> {
     rooms_wanted: bool,
     /// The write of the rooms' cursors under way, if any: the rooms and seqs, and the result.
     recording: Option<Recording>,
+    /// The next retry or record time, armed only while there is one (an idle session has none).
+    timer: Option<Pin<Box<Sleep>>>,
+    /// The connection's slot under `--max-connections`.
+    _permit: Option<OwnedSemaphorePermit>,
 }
 
 /// A background write of a session's cursors.
-type Recording = tokio::task::JoinHandle<deliver::Recorded>;
+type Recording = tokio::task::JoinHandle<Box<deliver::Recorded>>;
 
-impl<S: AsyncRead + AsyncWrite> Session<S> {
-    async fn serve(&mut self, shutdown: CancellationToken) {
-        self.out_reply(Reply::GetClientId);
-        if self.flush().await.is_err() {
+impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
+    async fn serve(&mut self, shutdown: &CancellationToken) {
+        let Some((reg, mut cursor, flushed)) = Box::pin(self.start(shutdown)).await else {
             return;
-        }
-        let (id, claim, ack) = match Box::pin(self.handshake(&shutdown)).await {
-            Ok(Some(found)) => found,
-            Ok(None) => return,
-            Err(e) => {
-                stats::handshake(stats::refusal(&e));
-                let _ = self.send_error(&e).await;
-                debug!(error = %e, "handshake refused");
-                return;
-            }
         };
-        stats::handshake(if claim.epoch == 1 { "new" } else { "resumed" });
-        tracing::Span::current().record("client_id", tracing::field::display(id));
-        let reg = self.node.registry.register(id, claim.epoch);
-        let owner = Owner {
-            node: self.node.config.node_id.clone(),
-            epoch: claim.epoch,
-        };
-        if !reg.kicked.is_cancelled() {
-            Box::pin(self.announce(id, &owner)).await;
-        }
-        self.out_reply(Reply::SetClientId(id));
-        info!(epoch = claim.epoch, ack, "session started");
-        let config = &self.node.config;
-        let window = if ack { Some(config.max_inflight) } else { None };
-        let group = u64::from(id.as_bytes()[15]);
-        let mut cursor =
-            Cursor::new(&claim, window, Instant::now() + config.handoff_timeout).in_group(group);
-        // First round: everything pending since the last session, in its own queue and rooms.
-        self.rooms_wanted = claim.rooms_version > 0;
-        reg.signals.wake_own();
-        stats::session_opened();
-        let end = match self.flush().await {
-            Ok(()) => self.established(&reg, &mut cursor, &shutdown).await,
+        let end = match flushed {
+            Ok(()) => self.established(&reg, &mut cursor).await,
             Err(end) => end,
         };
-        Box::pin(self.finish(&reg, &owner, &mut cursor, &end)).await;
+        Box::pin(self.finish(&reg, &mut cursor, &end)).await;
         let rooms = self.streams.as_ref().map_or(0, |s| s.outstanding());
         stats::redelivered(cursor.own.outstanding() + rooms);
         stats::session_closed();
     }
 
-    /// The command/delivery loop of an established session.
-    async fn established(
+    /// `GET_CLIENT_ID`, the handshake, the registration on this node and the lease in Redis, and
+    /// whether `SET_CLIENT_ID` went out; `None` if the session ends before it registers.
+    async fn start(
         &mut self,
-        reg: &Registration,
-        cursor: &mut Cursor,
         shutdown: &CancellationToken,
-    ) -> End {
+    ) -> Option<(Registration, Cursor, Result<(), End>)> {
+        self.out_reply(Reply::GetClientId);
+        self.flush().await.ok()?;
+        let (id, claim, ack) = match self.handshake(shutdown).await {
+            Ok(Some(found)) => found,
+            Ok(None) => return None,
+            Err(e) => {
+                stats::handshake(stats::refusal(&e));
+                let _ = self.send_error(&e).await;
+                debug!(peer = %self.peer, error = %e, "handshake refused");
+                return None;
+            }
+        };
+        stats::handshake(if claim.epoch == 1 { "new" } else { "resumed" });
+        let reg = self.node.registry.register(id, claim.epoch);
+        if reg.kicked().is_none() {
+            let owner = self.owner(claim.epoch);
+            self.announce(id, &owner).await;
+        }
+        self.out_reply(Reply::SetClientId(id));
+        info!(client_id = %id, peer = %self.peer, epoch = claim.epoch, ack, "session started");
+        let config = &self.node.config;
+        let window = if ack { Some(config.max_inflight) } else { None };
+        let group = u64::from(id.as_bytes()[15]);
+        let cursor =
+            Cursor::new(&claim, window, Instant::now() + config.handoff_timeout).in_group(group);
+        // First round: everything pending since the last session, in its own queue and rooms.
+        self.rooms_wanted = claim.rooms_version > 0;
+        reg.signals.wake_own();
+        stats::session_opened();
+        let flushed = self.flush().await;
+        Some((reg, cursor, flushed))
+    }
+
+    /// The command/delivery loop of an established session. It waits on the socket, the
+    /// session's signals (wakes and kicks: takeover, ban, shutdown) and, when one is due, a timer.
+    async fn established(&mut self, reg: &Registration, cursor: &mut Cursor) -> End {
         loop {
-            let retry_at = cursor.retry_at;
-            let record_at = cursor.record_at;
-            let end = tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => Some(End::Shutdown),
-                _ = reg.kicked.cancelled() => {
-                    Some(if reg.banned() { End::Banned } else { End::TakenOver })
-                }
-                // The handlers are boxed: an idle session then keeps only the small waiting state
-                // in memory, not the largest handler's (thousands of idle sessions per node).
-                line = self.reader.next() => Box::pin(self.on_line(line, reg, cursor)).await,
-                _ = reg.signals.notified() => {
+            if let Some(kick) = reg.kicked() {
+                return match kick {
+                    Kick::TakenOver => End::TakenOver,
+                    Kick::Banned => End::Banned,
+                    Kick::Shutdown => End::Shutdown,
+                };
+            }
+            self.arm_timer(cursor);
+            let end = match self.next_event(reg).await {
+                Event::Woken => {
+                    if reg.kicked().is_some() {
+                        continue;
+                    }
                     let woken = reg.signals.take();
+                    // The handlers are boxed: an idle session then keeps only the small waiting
+                    // state in memory, not the largest handler's (thousands of idle sessions).
                     Box::pin(self.deliver(reg, cursor, woken)).await.err()
                 }
-                _ = sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => {
-                    cursor.retry_at = None;
-                    let everything = Woken { own: true, all_rooms: true, ..Woken::default() };
-                    Box::pin(self.deliver(reg, cursor, everything)).await.err()
-                }
-                _ = sleep_until(record_at.unwrap_or_else(Instant::now)), if record_at.is_some() => {
-                    Box::pin(self.record(reg, cursor)).await.err()
-                }
-                done = async { self.recording.as_mut().expect("checked").await },
-                    if self.recording.is_some() => {
-                    match done {
-                        Ok(done) => self.recorded(cursor, done).err(),
-                        Err(e) => {
-                            // The task was lost (a panic): write again on the next tick.
-                            warn!(error = %e, "the record of the cursors was lost; will retry");
-                            self.recording = None;
-                            cursor.record_failed();
-                            None
-                        }
-                    }
+                Event::Line(line) => Box::pin(self.on_line(line, reg, cursor)).await,
+                Event::Timer => Box::pin(self.on_timer(reg, cursor)).await.err(),
+                Event::Recorded(Ok(done)) => self.recorded(cursor, *done).err(),
+                Event::Recorded(Err(e)) => {
+                    // The task was lost (a panic): write again on the next tick.
+                    warn!(client_id = %reg.client_id, error = %e,
+                        "the record of the cursors was lost; will retry");
+                    self.recording = None;
+                    cursor.record_failed();
+                    None
                 }
             };
             if let Some(end) = end {
                 return end;
             }
         }
+    }
+
+    /// Waits for what comes first: a wake or kick, a client line, the timer, the end of the
+    /// background record. A hand-written poll (no select state, no wait-list entry): this wait is
+    /// what every idle session keeps in memory.
+    async fn next_event(&mut self, reg: &Registration) -> Event {
+        let (signals, conn, timer, recording) = (
+            &reg.signals,
+            &mut self.conn,
+            &mut self.timer,
+            &mut self.recording,
+        );
+        poll_fn(|cx| {
+            if signals.poll_woken(cx).is_ready() {
+                return Poll::Ready(Event::Woken);
+            }
+            if let Poll::Ready(line) = conn.poll_line(cx) {
+                return Poll::Ready(Event::Line(line));
+            }
+            if let Some(timer) = timer.as_mut() {
+                if timer.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Event::Timer);
+                }
+            }
+            if let Some(recording) = recording.as_mut() {
+                if let Poll::Ready(done) = Pin::new(recording).poll(cx) {
+                    return Poll::Ready(Event::Recorded(done));
+                }
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Sets the timer to the next retry or record time; drops it when there is none.
+    fn arm_timer(&mut self, cursor: &Cursor) {
+        let next = match (cursor.retry_at, cursor.record_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        match (next, self.timer.as_mut()) {
+            (None, _) => self.timer = None,
+            (Some(at), Some(timer)) => {
+                if timer.deadline() != at {
+                    timer.as_mut().reset(at);
+                }
+            }
+            (Some(at), None) => self.timer = Some(Box::pin(sleep_until(at))),
+        }
+    }
+
+    /// The timer fired: retry delivering, write the cursors, or both.
+    async fn on_timer(&mut self, reg: &Registration, cursor: &mut Cursor) -> Result<(), End> {
+        let now = Instant::now();
+        if cursor.retry_at.is_some_and(|at| at <= now) {
+            cursor.retry_at = None;
+            let everything = Woken {
+                own: true,
+                all_rooms: true,
+                ..Woken::default()
+            };
+            self.deliver(reg, cursor, everything).await?;
+        }
+        if cursor.record_at.is_some_and(|at| at <= now) {
+            self.record(reg, cursor).await?;
+        }
+        Ok(())
     }
 
     /// Handles one client line; `Some` ends the session.
@@ -259,7 +338,7 @@ impl<S: AsyncRead + AsyncWrite> Session<S> {
     }
 
     /// Cleanup, in one place: goodbye line, final cursors, registry, hub, Redis lease.
-    async fn finish(&mut self, reg: &Registration, owner: &Owner, cursor: &mut Cursor, end: &End) {
+    async fn finish(&mut self, reg: &Registration, cursor: &mut Cursor, end: &End) {
         let reason = match end {
             End::Shutdown => Some(ByeReason::Shutdown),
             End::TakenOver => Some(ByeReason::TakenOver),
@@ -273,18 +352,18 @@ impl<S: AsyncRead + AsyncWrite> Session<S> {
             self.out_reply(Reply::Bye(reason));
             let _ = self.flush_within(BYE_TIMEOUT).await;
         }
-        let _ = self.writer.shutdown().await;
+        let _ = self.conn.shutdown().await;
         self.node.registry.unregister(reg.client_id, reg.epoch);
         self.leave_rooms(reg);
         // A background record of the cursors first: the release writes the same rows.
         if let Some(recording) = self.recording.take() {
             if let Ok(Ok(done)) = timeout(BYE_TIMEOUT * 10, recording).await {
-                let _ = self.recorded(cursor, done);
+                let _ = self.recorded(cursor, *done);
             }
         }
         if cursor.holding {
             if let Err(e) = self.mark_acks(reg, cursor).await {
-                warn!(error = %e, "could not record acknowledgements against deadlines");
+                warn!(client_id = %reg.client_id, error = %e, "could not record acknowledgements against deadlines");
             }
             let done = cursor.own.done();
             let rooms = self
@@ -304,17 +383,22 @@ impl<S: AsyncRead + AsyncWrite> Session<S> {
                 )
                 .await
             {
-                warn!(error = %e, done,
+                warn!(client_id = %reg.client_id, error = %e, done,
                     "could not record the final cursor; unrecorded messages will be delivered again");
             }
         }
-        if let Err(e) = self.node.bus.release(reg.client_id, owner).await {
+        let owner = self.owner(reg.epoch);
+        if let Err(e) = self.node.bus.release(reg.client_id, &owner).await {
             debug!(error = %e, "could not release the Redis lease; it will expire");
         }
         match end {
-            End::Io(e) => info!(error = %e, "session ended by a socket error"),
-            End::WriteTimeout => info!("session ended: client stopped reading"),
-            other => info!(reason = ?other, "session ended"),
+            End::Io(e) => {
+                info!(client_id = %reg.client_id, error = %e, "session ended by a socket error")
+            }
+            End::WriteTimeout => {
+                info!(client_id = %reg.client_id, "session ended: client stopped reading")
+            }
+            other => info!(client_id = %reg.client_id, reason = ?other, "session ended"),
         }
     }
 
@@ -339,6 +423,14 @@ impl<S: AsyncRead + AsyncWrite> Session<S> {
         }
     }
 
+    /// This session as the owner of its client's Redis lease.
+    fn owner(&self, epoch: u64) -> Owner {
+        Owner {
+            node: self.node.config.node_id.clone(),
+            epoch,
+        }
+    }
+
     fn out_reply(&mut self, reply: Reply<'_>) {
         reply.write_to(&mut self.out);
     }
@@ -357,12 +449,9 @@ impl<S: AsyncRead + AsyncWrite> Session<S> {
         if self.out.is_empty() {
             return Ok(());
         }
-        let result = timeout(limit, self.writer.write_all(&self.out)).await;
-        self.out.clear();
-        if self.out.capacity() > 64 * 1024 {
-            // Give back a page-sized buffer once it is written.
-            self.out = BytesMut::new();
-        }
+        let result = timeout(limit, self.conn.write_all(&self.out)).await;
+        // Given back once written: an idle session keeps no output buffer.
+        self.out = BytesMut::new();
         match result {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(End::Io(e)),

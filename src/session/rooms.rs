@@ -121,7 +121,7 @@ impl Streams {
     }
 }
 
-impl<S: AsyncRead + AsyncWrite> Session<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// Loads the client's rooms (again): new ones join the node's hub (the node listens to their
     /// channels before their heads are read), rooms left are dropped. Progress kept in memory wins
     /// over MySQL's for rooms already loaded.
@@ -225,7 +225,7 @@ impl<S: AsyncRead + AsyncWrite> Session<S> {
         // in memory; the rooms left wait for the next round.
         let mut budget = page;
         for (i, room) in rooms.iter().copied().enumerate() {
-            if budget == 0 || reg.kicked.is_cancelled() {
+            if budget == 0 || reg.kicked().is_some() {
                 for left in &rooms[i..] {
                     reg.signals.wake_room(*left);
                 }
@@ -253,7 +253,7 @@ impl<S: AsyncRead + AsyncWrite> Session<S> {
                         }
                         Ok(RoomFetch::Stale) => return Err(End::TakenOver),
                         Err(e) => {
-                            warn!(error = %e, "could not read a room; will retry");
+                            warn!(client_id = %reg.client_id, error = %e, "could not read a room; will retry");
                             cursor.failed();
                             continue;
                         }

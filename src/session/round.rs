@@ -87,7 +87,7 @@ pub async fn take(
                 Ok(Fetch::Owned(messages)) => messages,
                 Ok(Fetch::Stale) => return Err(Stale),
                 Err(e) => {
-                    warn!(error = %e, "could not read pending messages; will retry");
+                    warn!(client_id = %reg.client_id, error = %e, "could not read pending messages; will retry");
                     round.failed = true;
                     break;
                 }
@@ -117,7 +117,7 @@ pub async fn take(
             }
         }
         if let Err(e) = node.store.mark_expired(reg.client_id, &expired).await {
-            warn!(error = %e, "could not mark expired messages; will retry");
+            warn!(client_id = %reg.client_id, error = %e, "could not mark expired messages; will retry");
             round.failed = true;
             break;
         }
@@ -166,6 +166,6 @@ pub async fn mark_late_writes(node: &Node, reg: &Registration, taken: &[Pending]
         .map(|m| m.seq)
         .collect();
     if let Err(e) = node.store.mark_expired(reg.client_id, &late).await {
-        warn!(error = %e, count = late.len(), "could not mark late messages expired");
+        warn!(client_id = %reg.client_id, error = %e, count = late.len(), "could not mark late messages expired");
     }
 }

@@ -38,6 +38,9 @@ pub async fn run(w: Workload, params: &Params, urls: &ServiceUrls) -> Result<Vec
     if w == Workload::Rooms {
         return super::rooms::run(params, urls).await;
     }
+    if w == Workload::Scale {
+        return scale(params, urls).await;
+    }
     let node = Node::start(urls).await?;
     let rows = match w {
         Workload::Throughput => {
@@ -50,7 +53,7 @@ pub async fn run(w: Workload, params: &Params, urls: &ServiceUrls) -> Result<Vec
         Workload::Connections => connections(&node, params).await?,
         Workload::EnqueueCli => enqueue_cli(&node, params, urls).await?,
         Workload::EnqueueStdin => super::enqueue_stdin::run(node.addr, params, urls).await?,
-        Workload::Recovery | Workload::Rooms => unreachable!("handled above"),
+        Workload::Recovery | Workload::Rooms | Workload::Scale => unreachable!("handled above"),
     };
     node.stop().await;
     Ok(rows)
@@ -176,6 +179,7 @@ async fn throughput(
     }
     let secs = last.duration_since(start).as_secs_f64();
     let cpu_note = cpu.report();
+    let node_cpu_ms = cpu.seconds(node.pid) * 1000.0;
     // The last cursor records land just after the last delivery.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let after = stats.read().await?;
@@ -188,18 +192,31 @@ async fn throughput(
         per_thousand(&before, &after, total),
         cpu_note
     );
-    Ok(vec![Row::new(
-        SYSTEM,
-        "throughput",
-        if ack {
-            "delivered_msgs_per_s_ack"
-        } else {
-            "delivered_msgs_per_s"
-        },
-        total as f64 / secs,
-        "msg/s",
-    )
-    .note(format!("{mode}: {notes}"))])
+    Ok(vec![
+        Row::new(
+            SYSTEM,
+            "throughput",
+            if ack {
+                "delivered_msgs_per_s_ack"
+            } else {
+                "delivered_msgs_per_s"
+            },
+            total as f64 / secs,
+            "msg/s",
+        )
+        .note(format!("{mode}: {notes}")),
+        Row::new(
+            SYSTEM,
+            "throughput",
+            if ack {
+                "node_cpu_ms_per_1000_ack"
+            } else {
+                "node_cpu_ms_per_1000"
+            },
+            node_cpu_ms * 1000.0 / total as f64,
+            "ms",
+        ),
+    ])
 }
 
 async fn latency(node: &Node, params: &Params, urls: &ServiceUrls) -> Result<Vec<Row>> {
@@ -352,53 +369,126 @@ async fn drain(node: &Node, params: &Params, urls: &ServiceUrls) -> Result<Vec<R
 async fn connections(node: &Node, params: &Params) -> Result<Vec<Row>> {
     let before = rss_kib(node.pid).unwrap_or_default();
     let procs = params.procs.max(1);
-    let exe = std::env::current_exe()?;
-    let mut children = Vec::new();
-    for p in 0..procs {
-        let count = params.idle / procs + usize::from(p < params.idle % procs);
-        let mut child = Command::new(&exe)
-            .arg("--hold")
-            .arg(format!("{}/{count}", node.addr))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()?;
-        let mut out = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        children.push((child, tokio::spawn(async move { out.next_line().await })));
-    }
-    for (_, ready) in &mut children {
-        let line = tokio::time::timeout(WAIT, ready)
-            .await
-            .map_err(|_| anyhow!("holders timed out"))???;
-        if line.as_deref() != Some("ready") {
-            bail!("a holder process failed: {line:?}");
-        }
-    }
+    let held = Held::open(node, params.idle, procs).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = rss_kib(node.pid).unwrap_or_default();
-    for (mut child, _) in children {
-        drop(child.stdin.take());
-        let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
-    }
+    held.release().await;
     let per = (after.saturating_sub(before)) as f64 * 1024.0 / params.idle.max(1) as f64;
     Ok(vec![
         Row::new(SYSTEM, "connections", "rss_per_session_bytes", per, "bytes").note(format!(
-            "{} idle sessions (handshake done) from {procs} processes; RSS {before} -> {after} KiB",
-            params.idle
+            "{} idle sessions (handshake done) from {procs} processes, {} handshakes at a time; \
+             RSS {before} -> {after} KiB",
+            params.idle,
+            HOLD_WINDOW * procs
         )),
         Row::new(SYSTEM, "connections", "server_rss_kib", after as f64, "KiB"),
     ])
 }
 
+/// Handshakes each holder process has under way at once (the Mosquitto side connects 64 at a
+/// time in all; two holders make the same).
+const HOLD_WINDOW: usize = 32;
+
+/// Idle sessions held open by child processes of this benchmark (`--hold`).
+struct Held {
+    children: Vec<tokio::process::Child>,
+}
+
+impl Held {
+    /// `count` sessions to `node`, spread over `procs` processes (the open-files limit is per
+    /// process); returns once every one has its client id.
+    async fn open(node: &Node, count: usize, procs: usize) -> Result<Held> {
+        let exe = std::env::current_exe()?;
+        let mut children = Vec::new();
+        let mut ready = Vec::new();
+        for p in 0..procs {
+            let share = count / procs + usize::from(p < count % procs);
+            let mut child = Command::new(&exe)
+                .arg("--hold")
+                .arg(format!("{}/{share}", node.addr))
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()?;
+            let mut out = BufReader::new(child.stdout.take().expect("stdout")).lines();
+            ready.push(tokio::spawn(async move { out.next_line().await }));
+            children.push(child);
+        }
+        for r in ready {
+            let line = tokio::time::timeout(WAIT, r)
+                .await
+                .map_err(|_| anyhow!("holders timed out"))???;
+            if line.as_deref() != Some("ready") {
+                bail!("a holder process failed: {line:?}");
+            }
+        }
+        Ok(Held { children })
+    }
+
+    /// Closes every session (the holders exit when their stdin closes).
+    async fn release(self) {
+        for mut child in self.children {
+            drop(child.stdin.take());
+            let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
+        }
+    }
+}
+
+/// The scale curve: for each number of clients, a fresh node; its memory and idle CPU with that
+/// many sessions, then throughput and latency with that many clients.
+pub async fn scale(params: &Params, urls: &ServiceUrls) -> Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    for &n in &params.scale_clients {
+        eprintln!("chat-bench: chat scale at {n} clients...");
+        let node = Node::start(urls).await?;
+        let before = rss_kib(node.pid).unwrap_or_default();
+        let held = Held::open(&node, n, params.procs.max(1)).await?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let after = rss_kib(node.pid).unwrap_or_default();
+        let idle = Duration::from_secs(params.scale_idle_secs.max(1));
+        let cpu = CpuMeter::start(&[("chat-server".to_string(), node.pid)]);
+        tokio::time::sleep(idle).await;
+        let idle_cpu = cpu.percent(node.pid);
+        held.release().await;
+        let per = after.saturating_sub(before) as f64 * 1024.0 / n.max(1) as f64;
+        rows.push(Row::new(SYSTEM, "scale", "server_rss_kib", after as f64, "KiB").at(n));
+        rows.push(Row::new(SYSTEM, "scale", "rss_per_session_bytes", per, "bytes").at(n));
+        rows.push(
+            Row::new(SYSTEM, "scale", "idle_cpu_percent", idle_cpu, "%")
+                .at(n)
+                .note(format!(
+                    "{n} idle sessions for {} s (lease renewals, sweeps)",
+                    idle.as_secs()
+                )),
+        );
+        let load = Params {
+            clients: n,
+            messages: params.scale_messages.max(n),
+            latency_clients: n,
+            latency_secs: params.scale_latency_secs,
+            ..params.clone()
+        };
+        for row in throughput(&node, &load, urls, false).await? {
+            rows.push(row.at(n));
+        }
+        for row in latency(&node, &load, urls).await? {
+            rows.push(row.at(n));
+        }
+        node.stop().await;
+    }
+    Ok(rows)
+}
+
 /// Child process of the connections workload: opens `count` sessions to `addr`, prints `ready`,
 /// holds them until stdin closes.
 pub async fn hold(spec: &str) -> Result<()> {
+    let window = HOLD_WINDOW;
     let (addr, count) = spec
         .rsplit_once('/')
         .ok_or_else(|| anyhow!("--hold ADDR/COUNT"))?;
     let addr: SocketAddr = addr.parse()?;
     let count: usize = count.parse()?;
-    let gate = Arc::new(Semaphore::new(500));
+    let gate = Arc::new(Semaphore::new(window));
     let tasks: Vec<_> = (0..count)
         .map(|_| {
             let gate = gate.clone();

@@ -80,6 +80,7 @@ async fn run(args: Args) -> Result<()> {
             Workload::EnqueueStdin,
             Workload::Recovery,
             Workload::Rooms,
+            Workload::Scale,
         ]
     } else {
         args.only.clone()

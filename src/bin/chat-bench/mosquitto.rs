@@ -53,12 +53,40 @@ pub async fn run(w: Workload, params: &Params) -> Result<Vec<Row>> {
         Workload::Drain => drain(params).await,
         Workload::Connections => connections(params).await,
         Workload::Rooms => super::mosquitto_rooms::run(params).await,
+        Workload::Scale => scale(params).await,
         Workload::EnqueueCli | Workload::EnqueueStdin | Workload::Recovery => Ok(Vec::new()),
     }
 }
 
 // -------------------------------------------------------------------------------------------------
 // Workloads
+
+/// The scale curve: for each number of clients, memory with that many idle sessions, then
+/// throughput and latency with that many subscribers.
+async fn scale(params: &Params) -> Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    for &n in &params.scale_clients {
+        eprintln!("chat-bench: mosquitto scale at {n} clients...");
+        let load = Params {
+            idle: n,
+            clients: n,
+            messages: params.scale_messages.max(n),
+            latency_clients: n,
+            latency_secs: params.scale_latency_secs,
+            ..params.clone()
+        };
+        for row in connections(&load).await? {
+            rows.push(row.at(n));
+        }
+        for row in throughput(&load).await? {
+            rows.push(row.at(n));
+        }
+        for row in latency(&load).await? {
+            rows.push(row.at(n));
+        }
+    }
+    Ok(rows)
+}
 
 /// `clients` subscribers; `messages` QoS 1 publishes round-robin over their topics; delivered
 /// messages per second.

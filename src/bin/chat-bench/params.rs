@@ -21,6 +21,9 @@ pub enum Workload {
     /// Rooms of members spread over nodes, a steady rate of posts: delivered room messages per
     /// second and post-to-member latency (Mosquitto: topics with QoS 1 subscribers).
     Rooms,
+    /// The scale curve: memory and idle CPU with N sessions, throughput and latency with N
+    /// clients, for each N of `--scale-clients`; `scripts/plot-bench.py` draws it.
+    Scale,
 }
 
 /// Sizes of the workloads.
@@ -83,4 +86,16 @@ pub struct Params {
     /// Rooms: chat nodes the members are spread over.
     #[arg(long, default_value_t = 3)]
     pub room_nodes: usize,
+    /// Scale: the numbers of connected clients to measure at.
+    #[arg(long, value_delimiter = ',', default_value = "100,1000,10000")]
+    pub scale_clients: Vec<usize>,
+    /// Scale: messages of each throughput run.
+    #[arg(long, default_value_t = 100_000)]
+    pub scale_messages: usize,
+    /// Scale: seconds of each latency run (at `--rate`).
+    #[arg(long, default_value_t = 10)]
+    pub scale_latency_secs: u64,
+    /// Scale: seconds over which idle CPU is measured.
+    #[arg(long, default_value_t = 5)]
+    pub scale_idle_secs: u64,
 }

@@ -40,6 +40,24 @@ impl CpuMeter {
         }
     }
 
+    /// CPU seconds `pid` used since `start`.
+    pub fn seconds(&self, pid: u32) -> f64 {
+        self.pids
+            .iter()
+            .find(|(_, p, _)| *p == pid)
+            .map_or(0.0, |(_, _, before)| {
+                cpu_time(pid)
+                    .unwrap_or_default()
+                    .saturating_sub(*before)
+                    .as_secs_f64()
+            })
+    }
+
+    /// CPU use of `pid` since `start`, in percent of one core.
+    pub fn percent(&self, pid: u32) -> f64 {
+        self.seconds(pid) / self.start.elapsed().as_secs_f64().max(1e-9) * 100.0
+    }
+
     /// "name 85% core, ..." for the interval since `start`.
     pub fn report(&self) -> String {
         let wall = self.start.elapsed().as_secs_f64().max(1e-9);

@@ -13,6 +13,8 @@ pub struct Row {
     pub unit: &'static str,
     /// Parameters and observations (CPU of each process, what saturated).
     pub notes: String,
+    /// Scale curve: the connected clients this figure was measured with.
+    pub clients: Option<usize>,
 }
 
 impl Row {
@@ -30,7 +32,15 @@ impl Row {
             value,
             unit,
             notes: String::new(),
+            clients: None,
         }
+    }
+
+    /// The same figure as a point of the scale curve, at `clients` connected clients.
+    pub fn at(mut self, clients: usize) -> Row {
+        self.workload = "scale";
+        self.clients = Some(clients);
+        self
     }
 
     pub fn note(mut self, notes: impl Into<String>) -> Row {
@@ -48,10 +58,14 @@ pub fn table(rows: &[Row]) -> String {
         "system", "workload", "metric", "value", "unit"
     );
     for r in rows {
+        let workload = match r.clients {
+            Some(n) => format!("{}@{n}", r.workload),
+            None => r.workload.to_string(),
+        };
         let _ = writeln!(
             out,
             "{:<10} {:<12} {:<28} {:>14.2} {:<8} {}",
-            r.system, r.workload, r.metric, r.value, r.unit, r.notes
+            r.system, workload, r.metric, r.value, r.unit, r.notes
         );
     }
     out
@@ -62,14 +76,18 @@ pub fn json(rows: &[Row]) -> String {
     let items: Vec<serde_json::Value> = rows
         .iter()
         .map(|r| {
-            serde_json::json!({
+            let mut item = serde_json::json!({
                 "system": r.system,
                 "workload": r.workload,
                 "metric": r.metric,
                 "value": r.value,
                 "unit": r.unit,
                 "notes": r.notes,
-            })
+            });
+            if let Some(n) = r.clients {
+                item["clients"] = n.into();
+            }
+            item
         })
         .collect();
     serde_json::to_string_pretty(&items).unwrap_or_default()
