@@ -231,6 +231,11 @@ impl Progress {
         (self.done() > self.recorded_seq).then(|| self.done())
     }
 
+    /// How many messages are done and not yet in MySQL.
+    pub fn unrecorded_count(&self) -> u64 {
+        self.done().saturating_sub(self.recorded_seq)
+    }
+
     /// MySQL now has `seq`.
     pub fn recorded(&mut self, seq: u64) {
         self.recorded_seq = self.recorded_seq.max(seq);
@@ -347,6 +352,10 @@ impl Cursor {
     /// deliver in the same period then record at the same moment, so that the group commit writes
     /// them in one statement, and the groups spread those writes over the period.
     pub fn record_within(&mut self, delay: Duration) {
+        if delay.is_zero() {
+            self.record_at = Some(Instant::now());
+            return;
+        }
         let at = on_grid(Instant::now(), delay, u64::from(self.group));
         if self.record_at.is_none_or(|t| t > at) {
             self.record_at = Some(at);
@@ -479,8 +488,10 @@ mod tests {
         assert_eq!(p.room(100), 100);
         p.written(msgs(4..=6));
         assert_eq!(p.unrecorded(), Some(6));
+        assert_eq!(p.unrecorded_count(), 3);
         p.recorded(6);
         assert_eq!(p.unrecorded(), None);
+        assert_eq!(p.unrecorded_count(), 0);
         assert_eq!(p.ack(1004), Err(SessionError::NotAckMode));
         assert_eq!(p.outstanding(), 0);
     }

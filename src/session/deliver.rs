@@ -15,8 +15,18 @@ use crate::store::{Acquire, RoomCursor, StoreError};
 
 /// Plain mode: the own queue's cursor is recorded at most this long after a delivery (one write
 /// for all of that time and for the sessions of the node that deliver meanwhile; a crash may
-/// deliver that much again).
-pub const OWN_RECORD_DELAY: std::time::Duration = std::time::Duration::from_millis(50);
+/// deliver that much again), and at once when a page (`--page-size`) waits to be recorded.
+pub const OWN_RECORD_DELAY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// When the own queue's cursor should be recorded: within [`OWN_RECORD_DELAY`], or now once a
+/// whole page is unrecorded (what a crash can deliver again stays about one page).
+fn own_record_delay(cursor: &Cursor, page: usize) -> std::time::Duration {
+    if cursor.own.unrecorded_count() >= page as u64 {
+        std::time::Duration::ZERO
+    } else {
+        OWN_RECORD_DELAY
+    }
+}
 
 /// What a background write of a session's cursors did: the own queue's (seq and result, if it
 /// had moved) and the rooms'.
@@ -92,7 +102,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             cursor.record_within(ACK_RECORD_DELAY);
         }
         if cursor.own.unrecorded().is_some() {
-            cursor.record_within(OWN_RECORD_DELAY);
+            cursor.record_within(own_record_delay(cursor, self.node.config.page_size));
         }
         debug!(count = round.taken.len(), seq = cursor.own.sent, "written");
         if round.more && !round.failed {
@@ -292,7 +302,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         cursor.succeeded();
         // Delivered meanwhile: the next tick writes that too.
         if cursor.own.unrecorded().is_some() {
-            cursor.record_within(OWN_RECORD_DELAY);
+            cursor.record_within(own_record_delay(cursor, self.node.config.page_size));
         }
         if self
             .streams

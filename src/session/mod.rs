@@ -221,11 +221,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             &mut self.recording,
         );
         poll_fn(|cx| {
-            if signals.poll_woken(cx).is_ready() {
-                return Poll::Ready(Event::Woken);
-            }
+            // The client's lines first: acknowledgements open the window the next round fills.
             if let Poll::Ready(line) = conn.poll_line(cx) {
                 return Poll::Ready(Event::Line(line));
+            }
+            if signals.poll_woken(cx).is_ready() {
+                return Poll::Ready(Event::Woken);
             }
             if let Some(timer) = timer.as_mut() {
                 if timer.as_mut().poll(cx).is_ready() {

@@ -33,6 +33,11 @@ const MIGRATIONS: &[(u32, &str, &str)] = &[
         "0008_public_ids",
         include_str!("../../sql/0008_public_ids.sql"),
     ),
+    (
+        9,
+        "0009_collapse_keys",
+        include_str!("../../sql/0009_collapse_keys.sql"),
+    ),
 ];
 
 /// Creates the database if needed, then applies pending migrations under a named lock,

@@ -103,7 +103,7 @@ impl Store {
 
     /// Appends many messages, for many clients, in one transaction: one `UPDATE` of the client rows,
     /// one multi-row `INSERT` per 1,000 messages, and only for the items that ask for them, one
-    /// dedupe lookup and insert, and one `UPDATE` per collapse key. The result has one entry per
+    /// dedupe lookup and insert, and per collapse key one `UPDATE` and one `INSERT`. The result has one entry per
     /// item, in order; `None` for an item whose client does not exist (nothing is stored for it).
     /// A dedupe key seen for the client within `dedupe_window` stores nothing and returns the
     /// first message (`duplicate`).
@@ -299,20 +299,25 @@ impl Store {
                 for (i, m, seq) in collapsing {
                     let after = delivered.get(&m.client.as_bytes()[..]).copied().unwrap_or(0);
                     let new_id = ids_by_key.get(&(m.client, seq)).copied().unwrap_or_default();
+                    let key = m.options.collapse_key.as_deref().unwrap_or_default().as_bytes();
+                    // The newest earlier message with the key is the only one that can still
+                    // be pending (sql/0009_collapse_keys.sql).
                     tx.exec_drop(
-                        "UPDATE messages SET dropped = 2, dropped_at = NOW(6), replaced_by = ? \
-                         WHERE client_id = ? AND collapse_key = ? AND dropped = 0 \
-                         AND seq > ? AND seq < ?",
-                        (
-                            new_id,
-                            &m.client.as_bytes()[..],
-                            m.options.collapse_key.as_deref().unwrap_or_default().as_bytes(),
-                            after,
-                            seq,
-                        ),
+                        "UPDATE messages m JOIN collapse_keys k \
+                         ON m.client_id = k.client_id AND m.seq = k.seq \
+                         SET m.dropped = 2, m.dropped_at = NOW(6), m.replaced_by = ? \
+                         WHERE k.client_id = ? AND k.collapse_key = ? AND m.dropped = 0 \
+                         AND m.seq > ? AND m.seq < ?",
+                        (new_id, &m.client.as_bytes()[..], key, after, seq),
                     )
                     .await?;
                     replaced.insert(i, tx.affected_rows());
+                    tx.exec_drop(
+                        "INSERT INTO collapse_keys (client_id, collapse_key, seq) VALUES (?, ?, ?) \
+                         ON DUPLICATE KEY UPDATE seq = GREATEST(seq, VALUES(seq))",
+                        (&m.client.as_bytes()[..], key, seq),
+                    )
+                    .await?;
                 }
             }
             let keyed: Vec<(&NewMessage<'_>, u64)> = rows

@@ -93,6 +93,9 @@ impl Store {
                  AND enqueued_at < NOW(6) - INTERVAL ? MICROSECOND LIMIT {batch}"
             );
             deleted += self.in_batches(conn, &sql, age_us, batch, pause).await?;
+            // Collapse keys whose newest message is delivered: nothing left for them to replace.
+            let sql = format!("DELETE FROM collapse_keys WHERE ({ranges}) LIMIT {batch}");
+            self.in_batches(conn, &sql, None, batch, pause).await?;
             if pending {
                 let ranges = seq_ranges(&page, ">");
                 let sql = format!(
@@ -127,21 +130,26 @@ impl Store {
         }
     }
 
-    /// Runs a `DELETE` (or `UPDATE`) `... LIMIT batch` with `age_us` until it changes less than
-    /// `batch` rows, pausing after each statement that changed something; returns the rows.
+    /// Runs a `DELETE` (or `UPDATE`) `... LIMIT batch` (with `age_us` for its one parameter, if
+    /// any) until it changes less than `batch` rows, pausing after each statement that changed
+    /// something; returns the rows.
     async fn in_batches(
         &self,
         conn: &mut mysql_async::Conn,
         sql: &str,
-        age_us: u64,
+        age_us: impl Into<Option<u64>>,
         batch: u64,
         pause: Duration,
     ) -> Result<u64, StoreError> {
+        let params = match age_us.into() {
+            Some(age) => mysql_async::Params::from((age,)),
+            None => mysql_async::Params::Empty,
+        };
         let mut deleted = 0;
         loop {
             let n = self
                 .timed(async {
-                    conn.exec_drop(sql, (age_us,)).await?;
+                    conn.exec_drop(sql, params.clone()).await?;
                     Ok(conn.affected_rows())
                 })
                 .await?;

@@ -221,6 +221,17 @@ fn concurrent_retries_with_one_dedupe_key_store_one_message() {
     assert_eq!(c.messages(1), vec!["paid again"]);
 }
 
+/// Enqueues with a collapse key, expecting it to replace one pending message; its id.
+fn replacing_one(env: &Env, args: &[&str]) -> u64 {
+    let out = env.enqueue_raw(args);
+    assert!(
+        stderr(&out).contains("replaced 1 pending"),
+        "{}",
+        stderr(&out)
+    );
+    first_id(&stdout(&out))
+}
+
 #[test]
 fn a_collapse_key_replaces_pending_messages_but_not_delivered_ones() {
     let env = Env::new("pr_collapse");
@@ -242,22 +253,20 @@ fn a_collapse_key_replaces_pending_messages_but_not_delivered_ones() {
         0,
     ));
     enqueue_expect(&env, &[&id, "other"], 0);
-    let out = env.enqueue_raw(&["--collapse-key", "score", &id, "2-1"]);
-    assert!(
-        stderr(&out).contains("replaced 1 pending"),
-        "{}",
-        stderr(&out)
-    );
-    let v3 = first_id(&stdout(&out));
+    let v3 = replacing_one(&env, &["--collapse-key", "score", &id, "2-1"]);
     let found = status(&env, &[v1, v2, v3]);
     assert_eq!(state(&found[0]), "delivered", "{}", found[0]);
     assert_eq!(state(&found[1]), "replaced", "{}", found[1]);
     assert_eq!(found[1]["replaced_by"], v3, "{}", found[1]);
     assert!(found[1]["replaced_at"].is_string());
     assert_eq!(state(&found[2]), "queued", "{}", found[2]);
+    // Again: the newest pending one with the key is replaced.
+    let v4 = replacing_one(&env, &["--collapse-key", "score", &id, "2-2"]);
+    let found = status(&env, &[v3]);
+    assert_eq!(found[0]["replaced_by"], v4, "{}", found[0]);
     let mut c = node.connect();
     c.resume(&id);
-    for expected in ["DROPPED 1", "MESSAGE: other", "MESSAGE: 2-1"] {
+    for expected in ["DROPPED 1", "MESSAGE: other", "DROPPED 1", "MESSAGE: 2-2"] {
         c.expect(expected);
     }
     c.expect_silence(Duration::from_millis(300));

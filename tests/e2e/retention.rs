@@ -11,12 +11,22 @@ fn the_background_purge_removes_old_delivered_messages_while_delivery_goes_on() 
     let mut c = node.connect();
     let id = c.register();
     let away = node.register(1).remove(0);
-    for i in 0..5 {
+    for i in 0..4 {
         env.enqueue(&id, &format!("old {i}"));
     }
-    for i in 0..3 {
+    // One each with a collapse key: the delivered one's key row goes with the purge.
+    assert!(env
+        .enqueue_raw(&["--collapse-key", "k", &id, "old 4"])
+        .status
+        .success());
+    for i in 0..2 {
         env.enqueue(&away, &format!("undelivered {i}"));
     }
+    assert!(env
+        .enqueue_raw(&["--collapse-key", "k", &away, "undelivered 2"])
+        .status
+        .success());
+    assert_eq!(env.count("SELECT COUNT(*) FROM collapse_keys"), 2);
     assert_eq!(c.messages(5).len(), 5);
     eventually(
         "the deliveries are recorded",
@@ -51,6 +61,19 @@ fn the_background_purge_removes_old_delivered_messages_while_delivery_goes_on() 
     assert_eq!(
         env.count("SELECT COUNT(*) FROM messages WHERE body LIKE 'live%'"),
         live
+    );
+    // The pending message's collapse key stays: a newer message with the key still replaces it.
+    eventually(
+        "the delivered message's collapse key is purged",
+        Duration::from_secs(20),
+        || env.count("SELECT COUNT(*) FROM collapse_keys") == 1,
+    );
+    assert_eq!(
+        env.count(&format!(
+            "SELECT COUNT(*) FROM collapse_keys WHERE client_id = X'{}'",
+            away.replace('-', "")
+        )),
+        1
     );
     // The purge logs once its pass is over.
     eventually("the purge is logged", Duration::from_secs(20), || {
