@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use serde_json::{json, Value};
 
 use chat::admission::Ban;
@@ -104,9 +104,20 @@ struct Failure(u8, String);
 
 type Outcome = Result<(String, Value), Failure>;
 
+/// Parses the process's arguments; the connection flags go before or after the subcommand
+/// (declared global, as `chat-enqueue status` takes them).
+fn parse_args() -> Result<Args, clap::Error> {
+    let command = ["database_url", "redis_url"]
+        .iter()
+        .fold(Args::command(), |cmd, id| {
+            cmd.mut_arg(id, |a| a.global(true))
+        });
+    Args::from_arg_matches(&command.try_get_matches()?)
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    let args = match Args::try_parse() {
+    let args = match parse_args() {
         Ok(args) => args,
         Err(e) => {
             let wants_json = std::env::args_os().skip(1).any(|a| a == "--json");

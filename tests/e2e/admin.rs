@@ -5,7 +5,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use crate::support::client::TestClient;
-use crate::support::node::{eventually, Env};
+use crate::support::node::{eventually, run_with_timeout, Env, ADMIN};
 use crate::support::services::free_port;
 
 fn stdout(out: &std::process::Output) -> String {
@@ -352,4 +352,56 @@ fn json_failures_are_one_document_on_stdout_too() {
 /// A well-formed client id that no client has.
 fn uuid_like() -> String {
     "0b3e3f8a-6a57-4f0e-9d6c-2f1f6f1de6a4".to_string()
+}
+
+#[test]
+fn connection_flags_go_before_or_after_the_subcommand() {
+    let env = Env::new("adm_flags");
+    let node = env.node("a", &[]);
+    let offline = node.register(1).remove(0);
+    env.enqueue(&offline, "waiting");
+    let (db, redis) = (env.db_url.as_str(), env.redis_url.as_str());
+    let orders: [&[&str]; 3] = [
+        &[
+            "--database-url",
+            db,
+            "--redis-url",
+            redis,
+            "--json",
+            "client",
+            &offline,
+        ],
+        &[
+            "--json",
+            "client",
+            &offline,
+            "--database-url",
+            db,
+            "--redis-url",
+            redis,
+        ],
+        &[
+            "--redis-url",
+            redis,
+            "--json",
+            "client",
+            "--database-url",
+            db,
+            &offline,
+        ],
+    ];
+    for args in orders {
+        // No URLs in the environment: the flags are what it uses.
+        let mut cmd = env.command(ADMIN, args);
+        cmd.env_remove("CHAT_DATABASE_URL")
+            .env_remove("CHAT_REDIS_URL");
+        let out = run_with_timeout(&mut cmd);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
+        let found: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(found["last_seq"], 1, "{args:?}: {found}");
+    }
+    // After the subcommand, the flag wins over the environment too.
+    let nowhere = format!("mysql://root@127.0.0.1:{}/chat", free_port());
+    let out = env.admin(&["client", &offline, "--database-url", &nowhere]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
 }

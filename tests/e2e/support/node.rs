@@ -14,7 +14,7 @@ use super::services::{shared_mariadb, shared_redis, MariaDb, Redis};
 
 const SERVER: &str = env!("CARGO_BIN_EXE_chat-server");
 pub const ENQUEUE: &str = env!("CARGO_BIN_EXE_chat-enqueue");
-const ADMIN: &str = env!("CARGO_BIN_EXE_chat-admin");
+pub const ADMIN: &str = env!("CARGO_BIN_EXE_chat-admin");
 
 /// One test's world: a fresh database and a Redis, shared with other tests or private to this one
 /// (private ones can be killed and restarted).
