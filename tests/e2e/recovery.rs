@@ -22,6 +22,24 @@ fn read_messages(c: &mut crate::support::client::TestClient, n: usize) -> (usize
     (notices, texts)
 }
 
+/// The query for the client's recorded delivery cursor.
+fn delivered_query(id: &str) -> String {
+    format!(
+        "SELECT delivered_seq FROM cursors WHERE client_id = X'{}'",
+        id.replace('-', "")
+    )
+}
+
+/// Waits until MySQL has the client's deliveries recorded up to `seq`.
+fn wait_recorded(env: &Env, id: &str, seq: u64) {
+    let query = delivered_query(id);
+    eventually(
+        &format!("deliveries recorded up to {seq}"),
+        Duration::from_secs(10),
+        || env.count(&query) == seq,
+    );
+}
+
 #[test]
 fn a_reconnect_after_kill_9_delivers_before_the_dead_nodes_heartbeat_expires() {
     let env = Env::new("rc_kill9");
@@ -48,15 +66,7 @@ fn a_reconnect_after_kill_9_delivers_before_the_dead_nodes_heartbeat_expires() {
     assert_eq!(c.messages(1), ["live"]);
     c.disconnect();
     // The session records its final cursor as it ends (after its BYE).
-    let delivered = format!(
-        "SELECT delivered_seq FROM cursors WHERE client_id = X'{}'",
-        id.replace('-', "")
-    );
-    eventually(
-        "the deliveries are recorded",
-        Duration::from_secs(10),
-        || env.count(&delivered) == 4,
-    );
+    wait_recorded(&env, &id, 4);
 }
 
 #[test]
@@ -88,15 +98,7 @@ fn a_frozen_node_is_waited_for_then_fenced_off() {
     env.enqueue(&id, "before");
     assert_eq!(old.messages(1), ["before"]);
     // Recorded before the freeze (a write not yet recorded would rightly come again).
-    let delivered = format!(
-        "SELECT delivered_seq FROM cursors WHERE client_id = X'{}'",
-        id.replace('-', "")
-    );
-    eventually(
-        "the first delivery is recorded",
-        Duration::from_secs(10),
-        || env.count(&delivered) == 1,
-    );
+    wait_recorded(&env, &id, 1);
     a.freeze();
     env.enqueue(&id, "while frozen 0");
     env.enqueue(&id, "while frozen 1");
