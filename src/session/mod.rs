@@ -298,11 +298,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Ok(Command::Empty) => return None,
             Ok(Command::Ping) => self.out_reply(Reply::Pong),
             Ok(Command::Help) => write_help(&mut self.out),
-            Ok(Command::Disconnect) => {
-                self.out_reply(Reply::Bye(ByeReason::Disconnect));
-                let _ = self.flush_within(BYE_TIMEOUT).await;
-                return Some(End::Disconnect);
-            }
+            // The goodbye comes once the session's deliveries are recorded (`finish`).
+            Ok(Command::Disconnect) => return Some(End::Disconnect),
             Ok(Command::Ack(id)) => match self.ack(reg, cursor, id) {
                 Ok(()) => return None,
                 Err(e) => self.out_reply(Reply::Error(&e)),
@@ -338,8 +335,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         self.flush().await.err()
     }
 
-    /// Cleanup, in one place: goodbye line, final cursors, registry, hub, Redis lease.
+    /// Cleanup, in one place: goodbye line, final cursors, registry, hub, Redis lease. The node
+    /// ends the session (shutdown, takeover, ban): the goodbye first. The client does
+    /// (`DISCONNECT`): the goodbye last, so that once it reads `BYE: disconnected` its deliveries
+    /// are recorded and its delivery right is free for its next session.
     async fn finish(&mut self, reg: &Registration, cursor: &mut Cursor, end: &End) {
+        let asked = matches!(end, End::Disconnect);
         let reason = match end {
             End::Shutdown => Some(ByeReason::Shutdown),
             End::TakenOver => Some(ByeReason::TakenOver),
@@ -353,7 +354,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             self.out_reply(Reply::Bye(reason));
             let _ = self.flush_within(BYE_TIMEOUT).await;
         }
-        let _ = self.conn.shutdown().await;
+        if !asked {
+            let _ = self.conn.shutdown().await;
+        }
         self.node.registry.unregister(reg.client_id, reg.epoch);
         self.leave_rooms(reg);
         // A background record of the cursors first: the release writes the same rows.
@@ -391,6 +394,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let owner = self.owner(reg.epoch);
         if let Err(e) = self.node.bus.release(reg.client_id, &owner).await {
             debug!(error = %e, "could not release the Redis lease; it will expire");
+        }
+        if asked {
+            self.out_reply(Reply::Bye(ByeReason::Disconnect));
+            let _ = self.flush_within(BYE_TIMEOUT).await;
+            let _ = self.conn.shutdown().await;
         }
         match end {
             End::Io(e) => {
