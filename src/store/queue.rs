@@ -199,11 +199,18 @@ impl Store {
             for (id, n) in &counts {
                 by_count.entry(*n).or_default().push(*id);
             }
+            // The clients' last_seq before this batch, read under their row locks.
+            let mut before: Option<Vec<(Vec<u8>, u64)>> = None;
             if by_count.len() > 1 && !locked {
                 // Row locks on every client of the batch, in one statement (key order, so two
-                // batches never deadlock): seqs are in commit order.
-                tx.query_drop(format!("SELECT id FROM clients WHERE id IN ({list}) FOR UPDATE"))
-                    .await?;
+                // batches never deadlock): seqs are in commit order. The locking read sees the
+                // latest committed last_seq, which only this transaction changes from here on.
+                before = Some(
+                    tx.query(format!(
+                        "SELECT id, last_seq FROM clients WHERE id IN ({list}) FOR UPDATE"
+                    ))
+                    .await?,
+                );
             }
             for (n, ids) in &by_count {
                 tx.query_drop(format!(
@@ -212,19 +219,24 @@ impl Store {
                 ))
                 .await?;
             }
-            let rows: Vec<(Vec<u8>, u64)> = tx
-                .query(format!(
-                    "SELECT id, last_seq FROM clients WHERE id IN ({list})"
-                ))
-                .await?;
-            // Next seq to hand out per client: its new last_seq minus what this batch takes, plus one.
-            let mut next: HashMap<ClientId, u64> = rows
-                .into_iter()
-                .filter_map(|(id, last)| {
-                    let id = ClientId::from_slice(&id)?;
-                    Some((id, last + 1 - counts[&id]))
-                })
-                .collect();
+            // Next seq to hand out per client: its last_seq before the batch plus one.
+            let mut next: HashMap<ClientId, u64> = match before {
+                Some(rows) => rows
+                    .into_iter()
+                    .filter_map(|(id, last)| Some((ClientId::from_slice(&id)?, last + 1)))
+                    .collect(),
+                None => {
+                    let rows: Vec<(Vec<u8>, u64)> = tx
+                        .query(format!("SELECT id, last_seq FROM clients WHERE id IN ({list})"))
+                        .await?;
+                    rows.into_iter()
+                        .filter_map(|(id, last)| {
+                            let id = ClientId::from_slice(&id)?;
+                            Some((id, last + 1 - counts[&id]))
+                        })
+                        .collect()
+                }
+            };
             let planned: Vec<Option<u64>> = items
                 .iter()
                 .enumerate()
