@@ -27,8 +27,26 @@ static CARRIED_BYTES: AtomicUsize = AtomicUsize::new(0);
 struct Lists {
     /// Rooms with new messages.
     rooms: Vec<RoomId>,
-    /// Messages of the own queue carried by their notifications, in arrival order.
+    /// Messages of the own queue carried by their notifications, in arrival order; their bytes
+    /// count in `CARRIED_BYTES` until taken or dropped.
     carried: Vec<Pending>,
+}
+
+impl Lists {
+    /// The carried messages, no longer counted in `CARRIED_BYTES`.
+    fn take_carried(&mut self) -> Vec<Pending> {
+        let carried = std::mem::take(&mut self.carried);
+        let size: usize = carried.iter().map(|m| m.body.len()).sum();
+        CARRIED_BYTES.fetch_sub(size, Ordering::Relaxed);
+        carried
+    }
+}
+
+impl Drop for Lists {
+    /// A session that ends with carried messages it never took gives their bytes back.
+    fn drop(&mut self) {
+        self.take_carried();
+    }
 }
 
 /// Why the node ends a session.
@@ -205,11 +223,9 @@ impl Signals {
     /// Takes what the session was woken for, clearing it.
     pub fn take(&self) -> Woken {
         let (rooms, carried) = match self.lists().take() {
-            Some(lists) => (lists.rooms, lists.carried),
+            Some(mut lists) => (std::mem::take(&mut lists.rooms), lists.take_carried()),
             None => (Vec::new(), Vec::new()),
         };
-        let size: usize = carried.iter().map(|m| m.body.len()).sum();
-        CARRIED_BYTES.fetch_sub(size, Ordering::Relaxed);
         Woken {
             own: self.own.swap(false, Ordering::Relaxed),
             carried,
@@ -470,6 +486,25 @@ mod tests {
         assert!(reg.ban(id));
         assert_eq!(s.kicked(), Some(Kick::Banned));
         assert!(!reg.ban(id));
+    }
+
+    #[test]
+    fn carried_bytes_are_given_back_when_taken_or_when_the_session_goes() {
+        // The only test that carries: the process-wide count is ours to compare.
+        let before = CARRIED_BYTES.load(Ordering::Relaxed);
+        let reg = Registry::new();
+        let (a, b) = (ClientId::random(), ClientId::random());
+        let sa = reg.register(a, 1);
+        let sb = reg.register(b, 1);
+        assert!(reg.carry(a, Pending::carried(1, 10, b"hello".to_vec(), 0)));
+        assert!(reg.carry(b, Pending::carried(1, 11, b"unread".to_vec(), 0)));
+        assert_eq!(CARRIED_BYTES.load(Ordering::Relaxed), before + 11);
+        assert_eq!(sa.signals.take().carried.len(), 1);
+        assert_eq!(CARRIED_BYTES.load(Ordering::Relaxed), before + 6);
+        // b's session ends without taking its message.
+        reg.unregister(b, 1);
+        drop(sb);
+        assert_eq!(CARRIED_BYTES.load(Ordering::Relaxed), before);
     }
 
     #[test]
