@@ -16,6 +16,7 @@
 //! Nothing here is trusted for correctness: a lost key or notification delays a message until the
 //! node's sweep or the client's next connect; MySQL decides who owns a client.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
@@ -359,21 +360,18 @@ impl Bus {
         Ok(got > 0)
     }
 
-    /// Sends committed messages to the nodes holding their clients: one `MGET` of the leases, then
-    /// the messages for each node in one pipeline (a `PUBLISH` per 500 messages or 256 KiB).
-    /// Returns how many clients had a holder. Call only after the commit.
-    pub async fn carry_many(&self, messages: Vec<Carried>) -> Result<usize, BusError> {
-        let mut by_node: std::collections::HashMap<String, Vec<Carried>> = Default::default();
-        let mut conn = self.conn.clone();
-        let mut clients: Vec<ClientId> = messages.iter().map(|m| m.client).collect();
-        clients.sort_unstable();
-        clients.dedup();
-        let mut nodes: std::collections::HashMap<ClientId, String> = Default::default();
-        for chunk in clients.chunks(1000) {
+    /// The node holding each of `ids` that has a lease: one `MGET` per 1,000 ids.
+    async fn holders(
+        &self,
+        conn: &mut ConnectionManager,
+        ids: &[ClientId],
+    ) -> Result<HashMap<ClientId, String>, BusError> {
+        let mut nodes = HashMap::new();
+        for chunk in ids.chunks(1000) {
             let keys: Vec<String> = chunk.iter().map(|id| owner_key(*id)).collect();
             let owners: Vec<Option<String>> = timed(
                 RESPONSE_TIMEOUT,
-                redis::cmd("MGET").arg(keys).query_async(&mut conn),
+                redis::cmd("MGET").arg(keys).query_async(conn),
             )
             .await?;
             for (id, owner) in chunk.iter().zip(owners) {
@@ -382,6 +380,19 @@ impl Bus {
                 }
             }
         }
+        Ok(nodes)
+    }
+
+    /// Sends committed messages to the nodes holding their clients: one `MGET` of the leases, then
+    /// the messages for each node in one pipeline (a `PUBLISH` per 500 messages or 256 KiB).
+    /// Returns how many clients had a holder. Call only after the commit.
+    pub async fn carry_many(&self, messages: Vec<Carried>) -> Result<usize, BusError> {
+        let mut by_node: HashMap<String, Vec<Carried>> = Default::default();
+        let mut conn = self.conn.clone();
+        let mut clients: Vec<ClientId> = messages.iter().map(|m| m.client).collect();
+        clients.sort_unstable();
+        clients.dedup();
+        let nodes = self.holders(&mut conn, &clients).await?;
         for m in messages {
             if let Some(node) = nodes.get(&m.client) {
                 by_node.entry(node.clone()).or_default().push(m);
@@ -419,19 +430,12 @@ impl Bus {
     /// the leases, then one publish per node (per 500 clients). Returns how many clients had a
     /// holder. Call only after the commit.
     pub async fn notify_many(&self, ids: &[ClientId]) -> Result<usize, BusError> {
-        let mut by_node: std::collections::HashMap<String, Vec<ClientId>> = Default::default();
+        let mut by_node: HashMap<String, Vec<ClientId>> = Default::default();
         let mut conn = self.conn.clone();
-        for chunk in ids.chunks(1000) {
-            let keys: Vec<String> = chunk.iter().map(|id| owner_key(*id)).collect();
-            let owners: Vec<Option<String>> = timed(
-                RESPONSE_TIMEOUT,
-                redis::cmd("MGET").arg(keys).query_async(&mut conn),
-            )
-            .await?;
-            for (id, owner) in chunk.iter().zip(owners) {
-                if let Some(owner) = owner.as_deref().and_then(Owner::decode) {
-                    by_node.entry(owner.node).or_default().push(*id);
-                }
+        let nodes = self.holders(&mut conn, ids).await?;
+        for id in ids {
+            if let Some(node) = nodes.get(id) {
+                by_node.entry(node.clone()).or_default().push(*id);
             }
         }
         let held = by_node.values().map(Vec::len).sum();
