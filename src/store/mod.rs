@@ -34,6 +34,8 @@ pub use rooms::{Created, Joined, Membership, Opened, RoomInfo, RoomKind};
 
 /// Bound on one statement's round trip, so a hung server cannot hang a session forever.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bound on the rollback (or close) of a connection whose script failed.
+const CLEANUP_TIMEOUT: Duration = Duration::from_secs(2);
 /// Bound on a row-lock wait inside MySQL (below `QUERY_TIMEOUT`).
 const LOCK_WAIT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -251,6 +253,55 @@ impl Store {
         let _ = with_timeout(Duration::from_secs(5), self.pool.disconnect()).await;
     }
 
+    /// Runs a whole transaction written as one multi-statement query (`START TRANSACTION; ...;
+    /// COMMIT`): one round trip. Returns the rows of every statement that has some, as `T`.
+    ///
+    /// A statement that fails stops the script but not its transaction, and the pool does not
+    /// know of a transaction begun by hand: it is rolled back here (or the connection closed,
+    /// which rolls it back in the server) before the connection can serve anyone else. A script
+    /// that runs out of time is closed the same way, never left half done in the pool.
+    async fn script<T>(&self, sql: String) -> Result<Vec<T>, StoreError>
+    where
+        T: FromRow + Send + 'static,
+    {
+        let deadline = tokio::time::Instant::now() + QUERY_TIMEOUT;
+        let result = async {
+            let mut conn = match tokio::time::timeout_at(deadline, self.pool.get_conn()).await {
+                Ok(conn) => conn.map_err(StoreError::classify)?,
+                Err(_) => return Err(StoreError::Timeout(QUERY_TIMEOUT)),
+            };
+            let run = async {
+                let mut result = conn.query_iter(sql).await?;
+                let mut rows = Vec::new();
+                while !result.is_empty() {
+                    rows.extend(result.collect::<T>().await?);
+                }
+                // A statement that failed after the first one is kept by the driver as the next
+                // result, which `is_empty` does not show: taken here, it is this script's error
+                // (left alone, the pool would drop it unseen).
+                result.drop_result().await?;
+                Ok::<_, mysql_async::Error>(rows)
+            };
+            match tokio::time::timeout_at(deadline, run).await {
+                Ok(Ok(rows)) => Ok(rows),
+                Ok(Err(e)) => {
+                    let undone = with_timeout(CLEANUP_TIMEOUT, conn.query_drop("ROLLBACK")).await;
+                    if !matches!(undone, Ok(Ok(()))) {
+                        let _ = with_timeout(CLEANUP_TIMEOUT, conn.disconnect()).await;
+                    }
+                    Err(StoreError::classify(e))
+                }
+                Err(_) => {
+                    let _ = with_timeout(CLEANUP_TIMEOUT, conn.disconnect()).await;
+                    Err(StoreError::Timeout(QUERY_TIMEOUT))
+                }
+            }
+        }
+        .await;
+        crate::stats::mysql(&result);
+        result
+    }
+
     async fn timed<T>(
         &self,
         fut: impl Future<Output = Result<T, mysql_async::Error>>,
@@ -279,12 +330,17 @@ fn hex_list(ids: &[ClientId]) -> String {
         .join(",")
 }
 
-/// The `WHEN` arms of a `CASE <id column> ... END`: per id (its 16 bytes), the number it maps to.
-/// Hex literals and numbers only, like `hex_list`.
-fn case_arms<'a>(arms: impl IntoIterator<Item = (&'a [u8], u64)>) -> String {
-    arms.into_iter()
-        .map(|(id, n)| format!(" WHEN X'{}' THEN {n}", hex(id)))
-        .collect()
+/// A derived table `v` of literal rows (hex literals and numbers only, like `hex_list`), named
+/// `columns`, to join on by primary key. It replaces `CASE` arms and `OR` lists, which MariaDB
+/// evaluates for every row against every arm: a batch of N clients then costs N x N.
+fn values_table(columns: &str, rows: impl IntoIterator<Item = String>) -> String {
+    let rows = rows.into_iter().collect::<Vec<_>>().join(", ");
+    format!("(WITH v({columns}) AS (VALUES {rows}) SELECT * FROM v) v")
+}
+
+/// A string as a SQL literal that no text can break out of: its bytes in hex, read as utf8mb4.
+fn text_literal(text: &str) -> String {
+    format!("CONVERT(X'{}' USING utf8mb4)", hex(text.as_bytes()))
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -77,19 +77,8 @@ impl Store {
              COMMIT",
             hex(body)
         );
-        let row = self
-            .timed(async {
-                let mut conn = self.pool.get_conn().await?;
-                let mut result = conn.query_iter(sql).await?;
-                let mut row: Option<(Option<u64>, Option<u64>)> = None;
-                // Every statement's result, so that a failed COMMIT is an error here.
-                while !result.is_empty() {
-                    let rows: Vec<(Option<u64>, Option<u64>)> = result.collect().await?;
-                    row = row.or(rows.into_iter().next());
-                }
-                Ok(row)
-            })
-            .await?;
+        let rows: Vec<(Option<u64>, Option<u64>)> = self.script(sql).await?;
+        let row = rows.into_iter().next();
         Ok(match row {
             Some((Some(seq), Some(id))) => Some(Stored {
                 id,

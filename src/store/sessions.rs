@@ -8,7 +8,8 @@ use mysql_async::TxOpts;
 use super::liveness::node_lock;
 use super::RoomCursor;
 use super::{
-    case_arms, hex, hex_list, Acquire, Claim, Fetch, Pending, Store, StoreError, SweepRow,
+    hex, hex_list, text_literal, values_table, Acquire, Claim, Fetch, Pending, Store, StoreError,
+    SweepRow,
 };
 use crate::ClientId;
 
@@ -21,6 +22,8 @@ const PENDING_COLUMNS: &str = "seq, id, IF(dropped = 0, body, ''), dropped <> 0,
 /// Microseconds to a message's expiry (`None`: no TTL).
 type ExpiresIn = Option<i64>;
 type PendingRow = (u64, u64, Vec<u8>, bool, ExpiresIn, u64);
+/// A claimed client: id, epoch, rooms version, delivered seq, holder epoch.
+type ClaimRow = (Vec<u8>, u64, u64, u64, Option<u64>);
 /// A [`PendingRow`] led by its client id.
 type ClientPendingRow = (Vec<u8>, u64, u64, Vec<u8>, bool, ExpiresIn, u64);
 
@@ -80,66 +83,37 @@ impl Store {
             return Ok(Vec::new());
         }
         let list = hex_list(ids);
-        self.timed(async {
-            let mut conn = self.pool.get_conn().await?;
-            let mut tx = conn.start_transaction(TxOpts::default()).await?;
-            tx.exec_drop(
-                format!(
-                    "UPDATE clients SET session_epoch = session_epoch + 1, owner_node = ?, \
-                     last_seen_at = NOW(6) WHERE id IN ({list})"
-                ),
-                (node,),
-            )
-            .await?;
-            // Our own writes, under our row locks: each client's new epoch.
-            let epochs: Vec<(Vec<u8>, u64, u64)> = tx
-                .query(format!(
-                    "SELECT id, session_epoch, rooms_version FROM clients WHERE id IN ({list})"
-                ))
-                .await?;
-            if epochs.is_empty() {
-                tx.rollback().await?;
-                return Ok(vec![None; ids.len()]);
-            }
-            let cases = case_arms(epochs.iter().map(|(id, epoch, _)| (&id[..], *epoch)));
-            tx.exec_drop(
-                format!(
-                    "UPDATE cursors SET holder_epoch = CASE client_id{cases} END, holder_node = ? \
-                     WHERE client_id IN ({list}) AND holder_epoch IS NULL"
-                ),
-                (node,),
-            )
-            .await?;
-            let cursors: Vec<(Vec<u8>, u64, Option<u64>)> = tx
-                .query(format!(
-                    "SELECT client_id, delivered_seq, holder_epoch FROM cursors WHERE client_id IN ({list})"
-                ))
-                .await?;
-            tx.commit().await?;
-            let epochs: HashMap<Vec<u8>, (u64, u64)> = epochs
-                .into_iter()
-                .map(|(id, epoch, version)| (id, (epoch, version)))
-                .collect();
-            let cursors: HashMap<Vec<u8>, (u64, Option<u64>)> = cursors
-                .into_iter()
-                .map(|(id, seq, holder)| (id, (seq, holder)))
-                .collect();
-            Ok(ids
-                .iter()
-                .map(|id| {
-                    let key = &id.as_bytes()[..];
-                    let (epoch, rooms_version) = *epochs.get(key)?;
-                    let (delivered_seq, holder) = *cursors.get(key)?;
-                    Some(Claim {
-                        epoch,
-                        delivered_seq,
-                        holding: holder == Some(epoch),
-                        rooms_version,
-                    })
-                })
-                .collect())
-        })
-        .await
+        // One round trip: bump the epochs (the row locks order concurrent claims of a client),
+        // take the delivery right of those nobody holds with the new epoch, read both back.
+        let node = text_literal(node);
+        let sql = format!(
+            "START TRANSACTION; \
+             UPDATE clients SET session_epoch = session_epoch + 1, owner_node = {node}, \
+             last_seen_at = NOW(6) WHERE id IN ({list}); \
+             UPDATE clients k STRAIGHT_JOIN cursors c ON c.client_id = k.id \
+             SET c.holder_epoch = k.session_epoch, c.holder_node = {node} \
+             WHERE k.id IN ({list}) AND c.holder_epoch IS NULL; \
+             SELECT k.id, k.session_epoch, k.rooms_version, c.delivered_seq, c.holder_epoch \
+             FROM clients k JOIN cursors c ON c.client_id = k.id WHERE k.id IN ({list}); \
+             COMMIT"
+        );
+        let rows: Vec<ClaimRow> = self.script(sql).await?;
+        let claims: HashMap<Vec<u8>, Claim> = rows
+            .into_iter()
+            .map(|(id, epoch, rooms_version, delivered_seq, holder)| {
+                let claim = Claim {
+                    epoch,
+                    delivered_seq,
+                    holding: holder == Some(epoch),
+                    rooms_version,
+                };
+                (id, claim)
+            })
+            .collect();
+        Ok(ids
+            .iter()
+            .map(|id| claims.get(&id.as_bytes()[..]).cloned())
+            .collect())
     }
 
     /// The next pending messages of many sessions, in two statements (one for the epochs, one for
@@ -338,22 +312,18 @@ impl Store {
         }
         let ids: Vec<ClientId> = entries.iter().map(|e| e.0).collect();
         let list = hex_list(&ids);
-        let seqs = case_arms(
+        let table = values_table(
+            "id, seq, epoch",
             entries
                 .iter()
-                .map(|(id, _, seq, _)| (&id.as_bytes()[..], *seq)),
-        );
-        let epochs = case_arms(
-            entries
-                .iter()
-                .map(|(id, epoch, _, _)| (&id.as_bytes()[..], *epoch)),
+                .map(|(id, epoch, seq, _)| format!("(X'{}', {seq}, {epoch})", hex(id.as_bytes()))),
         );
         self.timed(async {
             let mut conn = self.pool.get_conn().await?;
             let mut tx = conn.start_transaction(TxOpts::default()).await?;
             tx.query_drop(format!(
-                "UPDATE cursors SET delivered_seq = GREATEST(delivered_seq, CASE client_id{seqs} END) \
-                 WHERE client_id IN ({list}) AND holder_epoch = CASE client_id{epochs} END"
+                "UPDATE {table} STRAIGHT_JOIN cursors c ON c.client_id = v.id \
+                 SET c.delivered_seq = GREATEST(c.delivered_seq, v.seq) WHERE c.holder_epoch = v.epoch"
             ))
             .await?;
             let held = if tx.affected_rows() == entries.len() as u64 {

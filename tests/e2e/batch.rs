@@ -82,3 +82,46 @@ fn a_batch_stores_every_valid_item_once_and_reports_the_others() {
     later.resume(&offline);
     assert_eq!(later.messages(500), want(cc));
 }
+
+/// A statement that fails inside a one-round-trip transaction (the single enqueue, the claim) is
+/// rolled back there: the transaction is not left open on the pooled connection, where the next
+/// transaction's `START TRANSACTION` would commit it half done (a seq taken with no message).
+#[test]
+fn a_failed_enqueue_leaves_no_half_transaction_on_the_pooled_connection() {
+    let env = Env::new("bt_script");
+    let a = env.node("a", &[]);
+    let id: ClientId = a.register(1).remove(0).parse().unwrap();
+    // The insert of a message whose body is `boom` fails after its client row was updated.
+    env.query("ALTER TABLE messages ADD CONSTRAINT no_boom CHECK (body <> 'boom')");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (refused, stored) = rt.block_on(async {
+        // One connection: the next enqueue runs on the one the failure happened on.
+        let store = Store::new(&env.db_url, 1).unwrap();
+        let refused = store.enqueue(id, b"boom").await;
+        let stored = store.enqueue(id, b"ok").await;
+        store.close().await;
+        (refused, stored)
+    });
+    assert!(
+        refused.is_err(),
+        "the refused insert is an error: {refused:?}"
+    );
+    let stored = stored.unwrap().expect("the client exists");
+    assert_eq!(stored.seq, 1, "the failed enqueue took no seq");
+    let hex = id.to_string().replace('-', "");
+    assert_eq!(
+        env.count(&format!(
+            "SELECT last_seq FROM clients WHERE id = UNHEX('{hex}')"
+        )),
+        1
+    );
+    assert_eq!(
+        env.query(&format!(
+            "SELECT seq, body FROM messages WHERE client_id = UNHEX('{hex}')"
+        )),
+        vec![vec!["1".to_string(), "ok".to_string()]]
+    );
+}
