@@ -15,6 +15,7 @@ use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
 use crate::node::Node;
+use crate::stats;
 
 /// Longest request head read.
 const MAX_REQUEST: usize = 8 * 1024;
@@ -64,7 +65,10 @@ async fn answer(
     let head_only = matches!(request, Ok((Method::Head, _)));
     let (status, content_type, body) = match request.map(|(_, path)| path) {
         Err(status) => (status, "text/plain", format!("{status}\n")),
-        Ok("/metrics") => ("200 OK", "text/plain; version=0.0.4", metrics.render()),
+        Ok("/metrics") => {
+            stats::parked(node.park.len());
+            ("200 OK", "text/plain; version=0.0.4", metrics.render())
+        }
         Ok("/healthz") => ("200 OK", "text/plain", "ok\n".to_string()),
         Ok("/readyz") => match ready(node).await {
             Ok(()) => ("200 OK", "text/plain", "ready\n".to_string()),

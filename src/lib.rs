@@ -35,6 +35,7 @@ pub mod http;
 pub mod hub;
 pub mod logging;
 pub mod node;
+pub mod park;
 pub mod password;
 pub mod protocol;
 pub mod proxy;

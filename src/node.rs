@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::{Notify, Semaphore};
+use tokio_util::task::TaskTracker;
 use tracing::{error, info};
 
 use crate::admission::Admission;
@@ -11,6 +12,7 @@ use crate::batcher::{Batcher, Claims, Cursors, Fetches, Posts, RoomCursors, Room
 use crate::bus::Bus;
 use crate::config::NodeConfig;
 use crate::hub::Hub;
+use crate::park::Park;
 use crate::registry::Registry;
 use crate::stats;
 use crate::store::{NodeLock, Store};
@@ -62,6 +64,11 @@ pub struct Node {
     draining: AtomicBool,
     /// One permit per connection up to `--max-connections` (shared by every listener).
     pub connections: Arc<Semaphore>,
+    /// The connections' tasks: a graceful shutdown waits for them (and for parked sessions,
+    /// which hold a token of it).
+    pub sessions: TaskTracker,
+    /// Idle sessions waiting without a task.
+    pub park: Arc<Park>,
 }
 
 impl Node {
@@ -87,6 +94,8 @@ impl Node {
             node_lock: std::sync::Mutex::new(None),
             draining: AtomicBool::new(false),
             connections: Arc::new(Semaphore::new(config.max_connections)),
+            sessions: TaskTracker::new(),
+            park: Park::new(tokio::runtime::Handle::current()),
             config,
         }
     }

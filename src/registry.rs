@@ -215,6 +215,13 @@ impl Signals {
         }
     }
 
+    /// Registers `cx` for the next wake without taking one: `true` when a wake came since the
+    /// session last looked (a parked session then goes on instead of waiting).
+    pub fn watch(&self, cx: &mut Context<'_>) -> bool {
+        self.waker.register(cx.waker());
+        self.woken.load(Ordering::Acquire)
+    }
+
     /// Waits for a wake (returns at once if one came since it was last ready).
     pub async fn woken(&self) {
         std::future::poll_fn(|cx| self.poll_woken(cx)).await

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures::future::Either;
 use socket2::{Domain, SockRef, Socket, TcpKeepalive, Type};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -74,7 +74,7 @@ pub async fn run_with_tls(
     let background = CancellationToken::new();
     let tasks = background::spawn(&node, &background);
 
-    let sessions = TaskTracker::new();
+    let sessions = node.sessions.clone();
     let permits = node.connections.clone();
     let acceptors = TaskTracker::new();
     let plain = listeners.into_iter().map(|l| (l, false));
@@ -237,7 +237,7 @@ fn admit<S>(
     shutdown: CancellationToken,
 ) -> impl Future<Output = ()> + Send
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static,
+    S: session::Stream,
 {
     let refusal = match node.admission.check_addr(peer.ip()) {
         Verdict::Allow if permit.is_none() => Some(SessionError::ServerFull),

@@ -13,6 +13,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use crate::protocol::SessionError;
 
 pub const SESSIONS_OPEN: &str = "chat_sessions_open";
+pub const SESSIONS_PARKED: &str = "chat_sessions_parked";
 pub const HANDSHAKES: &str = "chat_handshakes_total";
 pub const PROXY_HEADERS_REJECTED: &str = "chat_proxy_headers_rejected_total";
 pub const NOTIFICATIONS: &str = "chat_notifications_received_total";
@@ -107,6 +108,10 @@ fn register() {
 
 fn describe() {
     describe_gauge!(SESSIONS_OPEN, "Established client sessions on this node.");
+    describe_gauge!(
+        SESSIONS_PARKED,
+        "Established sessions waiting without a task (idle, on plain TCP), at the last scrape."
+    );
     describe_counter!(
         HANDSHAKES,
         "Connections by handshake outcome: new, resumed, or why they were refused."
@@ -190,6 +195,11 @@ pub fn proxy_header_rejected() {
 
 pub fn session_opened() {
     gauge!(SESSIONS_OPEN).increment(1.0);
+}
+
+/// How many sessions wait without a task, read when the metrics are scraped.
+pub fn parked(n: usize) {
+    gauge!(SESSIONS_PARKED).set(n as f64);
 }
 
 pub fn session_closed() {

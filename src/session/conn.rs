@@ -12,6 +12,27 @@ use crate::codec::{LineCodec, LineError};
 /// Bytes taken from the socket per read. On the stack of the read, never kept between reads.
 const READ_CHUNK: usize = 4096;
 
+/// A session's socket. Plain TCP tells when it is readable without reading, so an idle session
+/// on it can park without a task ([`crate::park`]); TLS cannot (decrypted bytes may wait inside
+/// its state), so a TLS session keeps its task.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static {
+    /// Whether `poll_readable` works.
+    const PARKS: bool = false;
+    /// Registers `cx` for the socket becoming readable (or closed); `None`: not supported.
+    fn poll_readable(&self, _cx: &mut Context<'_>) -> Option<Poll<()>> {
+        None
+    }
+}
+
+impl Stream for tokio::net::TcpStream {
+    const PARKS: bool = true;
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Option<Poll<()>> {
+        Some(self.poll_read_ready(cx).map(|_| ()))
+    }
+}
+
+impl Stream for tokio_rustls::server::TlsStream<tokio::net::TcpStream> {}
+
 /// One socket, unsplit: the session reads and writes it in turn, never at once.
 pub struct Conn<S> {
     stream: S,
@@ -71,6 +92,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 return Poll::Ready(Some(found));
             }
         }
+    }
+
+    /// Registers `cx` for the next line or the end, where the stream can, without reading;
+    /// `Some(Ready)`: there may be one already. `None`: the stream cannot (a session on it
+    /// keeps its task).
+    pub fn poll_readable(&self, cx: &mut Context<'_>) -> Option<Poll<()>>
+    where
+        S: Stream,
+    {
+        if !self.leftover.is_empty() || self.eof {
+            return Some(Poll::Ready(()));
+        }
+        self.stream.poll_readable(cx)
     }
 
     /// Writes all of `bytes`.

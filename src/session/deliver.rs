@@ -1,6 +1,5 @@
 //! A session's deliveries: take the delivery right, run a round (its own queue, its rooms), record the cursors, take in acknowledgements.
 
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
@@ -36,7 +35,7 @@ pub(super) struct Recorded {
     rooms_result: Result<bool, StoreError>,
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
+impl<S: super::Stream> Session<S> {
     /// One delivery round for what the session was woken for: takes the delivery right if
     /// needed, loads the rooms if they changed, reads the next page of the own queue (MySQL) and
     /// of each woken room (the hub's memory, else MySQL), writes them in one go, then records

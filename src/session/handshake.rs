@@ -1,6 +1,5 @@
 //! The start of a session: the answer to `GET_CLIENT_ID`, the claim in MySQL, the lease in Redis.
 
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -13,7 +12,7 @@ use crate::protocol::{self, Identity, SessionError};
 use crate::store::Claim;
 use crate::ClientId;
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
+impl<S: super::Stream> Session<S> {
     /// Reads the answer to `GET_CLIENT_ID` and claims the client. `Ok(None)`: the peer left.
     pub(super) async fn handshake(
         &mut self,

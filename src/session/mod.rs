@@ -3,14 +3,15 @@
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::runtime::Handle;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{sleep_until, timeout, Instant, Sleep};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 use tracing::{debug, info, warn};
 
 mod conn;
@@ -20,11 +21,13 @@ mod rooms;
 mod round;
 
 use self::conn::Conn;
+pub use self::conn::Stream;
 use crate::bus::Owner;
 use crate::chat::{self, ChatState, Ctx, Effect};
 use crate::codec::LineError;
 use crate::delivery::Cursor;
 use crate::node::Node;
+use crate::park::Parked;
 use crate::protocol::chat_reply::write_help;
 use crate::protocol::{self, ByeReason, Command, Reply, SessionError};
 use crate::registry::{Kick, Registration, Woken};
@@ -60,20 +63,17 @@ enum End {
 /// Serves one accepted connection (plain TCP or TLS) from `peer` until it ends; `permit` is its
 /// connection slot, held as long.
 ///
-/// The future is the connection's whole task and what an idle session costs: the session moves
-/// into it once, the handshake, the handlers and the cleanup are boxed while they run, so that
-/// waiting keeps only the session, its cursor and the small select state.
-pub fn run<S>(
+/// The handshake, the handlers and the cleanup are boxed while they run. An established session
+/// with nothing under way (no timer, no write of its cursors) on plain TCP parks without a task
+/// ([`crate::park`]) and gets one again when its socket or its signals wake it.
+pub fn run<S: Stream>(
     stream: S,
     peer: std::net::SocketAddr,
     permit: Option<OwnedSemaphorePermit>,
     node: Arc<Node>,
     shutdown: CancellationToken,
-) -> impl Future<Output = ()> + Send
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static,
-{
-    let mut session = Session {
+) -> impl Future<Output = ()> + Send {
+    let session = Session {
         conn: Conn::new(stream, node.config.max_line),
         out: BytesMut::new(),
         peer,
@@ -85,11 +85,37 @@ where
         _permit: permit,
         node,
     };
-    // The session is captured, not moved into a parameter: an async fn keeps its by-value
-    // arguments twice.
     // No tracing span: an enabled one costs every idle session a slot in the subscriber's
     // registry; the session's events name the client and the peer themselves.
-    async move { session.serve(&shutdown).await }
+    session.serve(shutdown)
+}
+
+/// An established session with nothing under way, waiting without a task.
+struct Idle<S> {
+    session: Session<S>,
+    reg: Registration,
+    cursor: Cursor,
+    /// Keeps a graceful shutdown waiting for the session while it has no task.
+    _token: TaskTrackerToken,
+}
+
+impl<S: Stream> Parked for Idle<S> {
+    fn register(&mut self, cx: &mut Context<'_>) -> bool {
+        let readable = !matches!(self.session.conn.poll_readable(cx), Some(Poll::Pending));
+        let woken = self.reg.signals.watch(cx);
+        readable || woken || self.reg.kicked().is_some()
+    }
+
+    fn resume(self: Box<Self>, handle: &Handle) {
+        let Idle {
+            session,
+            reg,
+            cursor,
+            _token,
+        } = *self;
+        let sessions = session.node.sessions.clone();
+        sessions.spawn_on(session.live(reg, cursor), handle);
+    }
 }
 
 struct Session<S> {
@@ -116,15 +142,46 @@ struct Session<S> {
 /// A background write of a session's cursors.
 type Recording = tokio::task::JoinHandle<Box<deliver::Recorded>>;
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
-    async fn serve(&mut self, shutdown: &CancellationToken) {
-        let Some((reg, mut cursor, flushed)) = Box::pin(self.start(shutdown)).await else {
+impl<S: Stream> Session<S> {
+    async fn serve(mut self, shutdown: CancellationToken) {
+        let Some((reg, cursor, flushed)) = Box::pin(self.start(&shutdown)).await else {
             return;
         };
-        let end = match flushed {
-            Ok(()) => self.established(&reg, &mut cursor).await,
-            Err(end) => end,
-        };
+        drop(shutdown);
+        match flushed {
+            Ok(()) => Box::pin(self.live(reg, cursor)).await,
+            Err(end) => self.end(reg, cursor, end).await,
+        }
+    }
+
+    /// The established session until it ends. When it has nothing under way it parks, and the
+    /// wake that resumes it runs this again in a new task.
+    async fn live(mut self, mut reg: Registration, mut cursor: Cursor) {
+        loop {
+            let Some(end) = self.established(&reg, &mut cursor).await else {
+                let park = self.node.park.clone();
+                let _token = self.node.sessions.token();
+                let idle = Idle {
+                    session: self,
+                    reg,
+                    cursor,
+                    _token,
+                };
+                match park.park(idle) {
+                    Ok(()) => return,
+                    // Woken meanwhile: go on here.
+                    Err(idle) => {
+                        (self, reg, cursor) = (idle.session, idle.reg, idle.cursor);
+                        continue;
+                    }
+                }
+            };
+            return self.end(reg, cursor, end).await;
+        }
+    }
+
+    /// The end of a session: its cleanup, then the counts.
+    async fn end(mut self, reg: Registration, mut cursor: Cursor, end: End) {
         Box::pin(self.finish(&reg, &mut cursor, &end)).await;
         let rooms = self.streams.as_ref().map_or(0, |s| s.outstanding());
         stats::redelivered(cursor.own.outstanding() + rooms);
@@ -172,24 +229,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     /// The command/delivery loop of an established session. It waits on the socket, the
     /// session's signals (wakes and kicks: takeover, ban, shutdown) and, when one is due, a timer.
-    async fn established(&mut self, reg: &Registration, cursor: &mut Cursor) -> End {
+    /// `None`: nothing is under way and nothing has come; the session may park.
+    async fn established(&mut self, reg: &Registration, cursor: &mut Cursor) -> Option<End> {
         loop {
             if let Some(kick) = reg.kicked() {
-                return match kick {
+                return Some(match kick {
                     Kick::TakenOver => End::TakenOver,
                     Kick::Banned => End::Banned,
                     Kick::Shutdown => End::Shutdown,
-                };
+                });
             }
             self.arm_timer(cursor);
-            let end = match self.next_event(reg).await {
+            let event = if self.may_park() {
+                match poll_fn(|cx| Poll::Ready(self.poll_event(cx, reg))).await {
+                    Poll::Ready(event) => event,
+                    Poll::Pending => return None,
+                }
+            } else {
+                poll_fn(|cx| self.poll_event(cx, reg)).await
+            };
+            let end = match event {
                 Event::Woken => {
                     if reg.kicked().is_some() {
                         continue;
                     }
                     let woken = reg.signals.take();
-                    // The handlers are boxed: an idle session then keeps only the small waiting
-                    // state in memory, not the largest handler's (thousands of idle sessions).
+                    // The handlers are boxed: the session's own state stays small.
                     Box::pin(self.deliver(reg, cursor, woken)).await.err()
                 }
                 Event::Line(line) => Box::pin(self.on_line(line, reg, cursor)).await,
@@ -205,42 +270,38 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 }
             };
             if let Some(end) = end {
-                return end;
+                return Some(end);
             }
         }
     }
 
-    /// Waits for what comes first: a wake or kick, a client line, the timer, the end of the
-    /// background record. A hand-written poll (no select state, no wait-list entry): this wait is
-    /// what every idle session keeps in memory.
-    async fn next_event(&mut self, reg: &Registration) -> Event {
-        let (signals, conn, timer, recording) = (
-            &reg.signals,
-            &mut self.conn,
-            &mut self.timer,
-            &mut self.recording,
-        );
-        poll_fn(|cx| {
-            // The client's lines first: acknowledgements open the window the next round fills.
-            if let Poll::Ready(line) = conn.poll_line(cx) {
-                return Poll::Ready(Event::Line(line));
+    /// Whether the session may wait without its task: plain TCP, no timer, no write of its
+    /// cursors under way, nothing left to write.
+    fn may_park(&self) -> bool {
+        S::PARKS && self.timer.is_none() && self.recording.is_none() && self.out.is_empty()
+    }
+
+    /// What comes first: a client line, a wake or kick, the timer, the end of the background
+    /// record. A hand-written poll (no select state, no wait-list entry).
+    fn poll_event(&mut self, cx: &mut Context<'_>, reg: &Registration) -> Poll<Event> {
+        // The client's lines first: acknowledgements open the window the next round fills.
+        if let Poll::Ready(line) = self.conn.poll_line(cx) {
+            return Poll::Ready(Event::Line(line));
+        }
+        if reg.signals.poll_woken(cx).is_ready() {
+            return Poll::Ready(Event::Woken);
+        }
+        if let Some(timer) = self.timer.as_mut() {
+            if timer.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Event::Timer);
             }
-            if signals.poll_woken(cx).is_ready() {
-                return Poll::Ready(Event::Woken);
+        }
+        if let Some(recording) = self.recording.as_mut() {
+            if let Poll::Ready(done) = Pin::new(recording).poll(cx) {
+                return Poll::Ready(Event::Recorded(done));
             }
-            if let Some(timer) = timer.as_mut() {
-                if timer.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Event::Timer);
-                }
-            }
-            if let Some(recording) = recording.as_mut() {
-                if let Poll::Ready(done) = Pin::new(recording).poll(cx) {
-                    return Poll::Ready(Event::Recorded(done));
-                }
-            }
-            Poll::Pending
-        })
-        .await
+        }
+        Poll::Pending
     }
 
     /// Sets the timer to the next retry or record time; drops it when there is none.

@@ -4,7 +4,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, warn};
 
 use super::{End, Session};
@@ -121,7 +120,7 @@ impl Streams {
     }
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
+impl<S: super::Stream> Session<S> {
     /// Loads the client's rooms (again): new ones join the node's hub (the node listens to their
     /// channels before their heads are read), rooms left are dropped. Progress kept in memory wins
     /// over MySQL's for rooms already loaded.

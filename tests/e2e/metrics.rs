@@ -229,3 +229,52 @@ fn slow_connections_do_not_starve_health_checks() {
     }
     drop(idle);
 }
+
+/// An idle session on plain TCP waits without a task (`chat_sessions_parked`); a message, a
+/// command and the shutdown each wake it, and the shutdown still waits for its goodbye.
+#[test]
+fn idle_sessions_park_and_wake_for_messages_commands_and_shutdown() {
+    let env = Env::new("metrics_parked");
+    let mut node = env.node("a", &["--metrics-addr", "127.0.0.1:0"]);
+    let port = node.logged_port("metrics listening");
+    let mut client = node.connect();
+    let id = client.register();
+    let mut acked = node.connect();
+    let ack_id = acked.register_ack();
+    wait_metric(port, "chat_sessions_parked", 2.0);
+
+    // A message wakes it; once its cursor is recorded it parks again.
+    env.enqueue(&id, "to a parked session");
+    assert_eq!(client.messages(1), vec!["to a parked session"]);
+    wait_metric(port, "chat_sessions_parked", 2.0);
+    let recorded = |hex: &str| {
+        env.count(&format!(
+            "SELECT delivered_seq FROM cursors WHERE client_id = UNHEX('{hex}')"
+        ))
+    };
+    assert_eq!(recorded(&id.replace('-', "")), 1);
+
+    // Acknowledged mode: the message waits for its ACK while the session is parked.
+    let sent = env.enqueue(&ack_id, "acknowledge me");
+    assert_eq!(acked.line(), format!("MESSAGE {sent}: acknowledge me"));
+    wait_metric(port, "chat_sessions_parked", 2.0);
+    acked.send(&format!("ACK {sent}"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while recorded(&ack_id.replace('-', "")) != 1 {
+        assert!(Instant::now() < deadline, "the ACK was not recorded");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // A command wakes it.
+    wait_metric(port, "chat_sessions_parked", 2.0);
+    client.send("PING");
+    client.expect("PONG");
+
+    // The shutdown wakes every parked session and waits for its goodbye.
+    wait_metric(port, "chat_sessions_parked", 2.0);
+    signal(node.pid(), "TERM");
+    client.expect("BYE: server shutting down, reconnect later");
+    acked.expect("BYE: server shutting down, reconnect later");
+    let status = node.wait(Duration::from_secs(30)).expect("node exits");
+    assert_eq!(status.code(), Some(0), "{}", node.log());
+}

@@ -22,7 +22,7 @@ use super::client::{register, Client};
 use super::dbstats::{per_thousand, DbStats};
 use super::node::{sibling, Node};
 use super::params::{Params, Workload};
-use super::procstat::{find_pid, rss_kib, CpuMeter};
+use super::procstat::{anon_kib, find_pid, rss_kib, CpuMeter};
 use super::report::Row;
 
 const SYSTEM: &str = "chat";
@@ -372,17 +372,19 @@ async fn drain(node: &Node, params: &Params, urls: &ServiceUrls) -> Result<Vec<R
 }
 
 async fn connections(node: &Node, params: &Params) -> Result<Vec<Row>> {
-    let before = rss_kib(node.pid).unwrap_or_default();
+    let (before, anon_before) = memory_kib(node.pid);
     let procs = params.procs.max(1);
     let held = Held::open(node, params.idle, procs).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let after = rss_kib(node.pid).unwrap_or_default();
+    let (after, anon_after) = memory_kib(node.pid);
     held.release().await;
-    let per = (after.saturating_sub(before)) as f64 * 1024.0 / params.idle.max(1) as f64;
+    let per = anon_after.saturating_sub(anon_before) as f64 * 1024.0 / params.idle.max(1) as f64;
+    let rss_per = after.saturating_sub(before) as f64 * 1024.0 / params.idle.max(1) as f64;
     Ok(vec![
         Row::new(SYSTEM, "connections", "rss_per_session_bytes", per, "bytes").note(format!(
             "{} idle sessions (handshake done) from {procs} processes, {} handshakes at a time; \
-             RSS {before} -> {after} KiB",
+             anonymous RSS {anon_before} -> {anon_after} KiB; whole RSS {before} -> {after} KiB \
+             ({rss_per:.0} B per session with the executable's pages the run touched)",
             params.idle,
             HOLD_WINDOW * procs
         )),
@@ -446,17 +448,17 @@ pub async fn scale(params: &Params, urls: &ServiceUrls) -> Result<Vec<Row>> {
     for &n in &params.scale_clients {
         eprintln!("chat-bench: chat scale at {n} clients...");
         let node = Node::start(urls).await?;
-        let before = rss_kib(node.pid).unwrap_or_default();
+        let (_, before) = memory_kib(node.pid);
         let held = Held::open(&node, n, params.procs.max(1)).await?;
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let after = rss_kib(node.pid).unwrap_or_default();
+        let (after_rss, after) = memory_kib(node.pid);
         let idle = Duration::from_secs(params.scale_idle_secs.max(1));
         let cpu = CpuMeter::start(&[("chat-server".to_string(), node.pid)]);
         tokio::time::sleep(idle).await;
         let idle_cpu = cpu.percent(node.pid);
         held.release().await;
         let per = after.saturating_sub(before) as f64 * 1024.0 / n.max(1) as f64;
-        rows.push(Row::new(SYSTEM, "scale", "server_rss_kib", after as f64, "KiB").at(n));
+        rows.push(Row::new(SYSTEM, "scale", "server_rss_kib", after_rss as f64, "KiB").at(n));
         rows.push(Row::new(SYSTEM, "scale", "rss_per_session_bytes", per, "bytes").at(n));
         rows.push(
             Row::new(SYSTEM, "scale", "idle_cpu_percent", idle_cpu, "%")
@@ -551,4 +553,13 @@ async fn enqueue_cli(node: &Node, params: &Params, urls: &ServiceUrls) -> Result
         )),
         Row::new(SYSTEM, "enqueue-cli", "p90_ms", p90, "ms"),
     ])
+}
+
+/// Resident memory of `pid` in KiB: whole, and anonymous (what sessions hold: the executable's
+/// pages are shared and counted once, however many sessions run).
+fn memory_kib(pid: u32) -> (u64, u64) {
+    (
+        rss_kib(pid).unwrap_or_default(),
+        anon_kib(pid).unwrap_or_default(),
+    )
 }

@@ -23,7 +23,7 @@ use rumqttc::{
 use tokio::task::JoinSet;
 
 use super::params::{Params, Workload};
-use super::procstat::{rss_kib, CpuMeter};
+use super::procstat::{anon_kib, rss_kib, CpuMeter};
 use super::report::Row;
 
 const SYSTEM: &str = "mosquitto";
@@ -325,6 +325,7 @@ async fn connections(params: &Params) -> Result<Vec<Row>> {
     ensure!(sessions > 0, "connections needs --idle above 0");
     let broker = Broker::start().await?;
     let before = broker.rss_kib()?;
+    let anon_before = broker.anon_kib()?;
 
     let sink = Arc::new(Sink::new(0, None));
     let cpu = CpuMeter::start(&broker.and_bench());
@@ -335,7 +336,9 @@ async fn connections(params: &Params) -> Result<Vec<Row>> {
     // Let the broker finish whatever it does after the last SUBACK before reading its memory.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let after = broker.rss_kib()?;
-    let per_session = after.saturating_sub(before) as f64 * 1024.0 / sessions as f64;
+    let anon_after = broker.anon_kib()?;
+    // Anonymous memory, as on the chat side (the executable's pages are not per session).
+    let per_session = anon_after.saturating_sub(anon_before) as f64 * 1024.0 / sessions as f64;
 
     let capped = if sessions < params.idle {
         format!(
@@ -346,8 +349,8 @@ async fn connections(params: &Params) -> Result<Vec<Row>> {
         String::new()
     };
     let notes = format!(
-        "{sessions} idle sessions{capped}, one subscription each; broker rss {before} -> \
-         {after} KiB; connected in {connect_secs:.1} s, {SETUP_WINDOW} at a time, CPU meanwhile \
+        "{sessions} idle sessions{capped}, one subscription each; broker anonymous RSS \
+         {anon_before} -> {anon_after} KiB, whole RSS {before} -> {after} KiB; connected in {connect_secs:.1} s, {SETUP_WINDOW} at a time, CPU meanwhile \
          {cpu_note}{}",
         sink.reconnect_note()
     );
@@ -454,6 +457,10 @@ impl Broker {
 
     fn rss_kib(&self) -> Result<u64> {
         rss_kib(self.pid()).context("reading mosquitto's RSS")
+    }
+
+    fn anon_kib(&self) -> Result<u64> {
+        anon_kib(self.pid()).context("reading mosquitto's RSS")
     }
 
     /// The broker and this process, for a [`CpuMeter`].
