@@ -30,6 +30,10 @@ pub struct Nudges {
     pub heartbeat: Notify,
 }
 
+/// Most sessions the per-session maps (registry, park) make room for at the start
+/// (`--max-connections`, up to this); past it they grow.
+const MAP_CAPACITY_MAX: usize = 1 << 20;
+
 /// Everything the sessions and background loops of one node share.
 pub struct Node {
     pub config: NodeConfig,
@@ -87,7 +91,7 @@ impl Node {
             chat_queries: Arc::new(Semaphore::new((config.db_pool / 2).max(1))),
             store,
             bus,
-            registry: Registry::new(),
+            registry: Registry::with_capacity(config.max_connections.min(MAP_CAPACITY_MAX)),
             admission,
             nudges: Nudges::default(),
             tls: None,
@@ -95,7 +99,10 @@ impl Node {
             draining: AtomicBool::new(false),
             connections: Arc::new(Semaphore::new(config.max_connections)),
             sessions: TaskTracker::new(),
-            park: Park::new(tokio::runtime::Handle::current()),
+            park: Park::new(
+                tokio::runtime::Handle::current(),
+                config.max_connections.min(MAP_CAPACITY_MAX),
+            ),
             config,
         }
     }

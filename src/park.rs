@@ -32,10 +32,10 @@ pub struct Park {
 }
 
 impl Park {
-    /// A park whose sessions resume on `handle`.
-    pub fn new(handle: Handle) -> Arc<Park> {
+    /// A park with room for `sessions` without growing, whose sessions resume on `handle`.
+    pub fn new(handle: Handle, sessions: usize) -> Arc<Park> {
         Arc::new(Park {
-            parked: Mutex::new(HashMap::new()),
+            parked: Mutex::new(HashMap::with_capacity(sessions)),
             next_key: AtomicU64::new(0),
             handle,
         })
@@ -138,7 +138,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_parked_session_resumes_once_on_its_first_wake() {
-        let park = Park::new(Handle::current());
+        let park = Park::new(Handle::current(), 4);
         let (session, source, resumed) = fake(false);
         assert!(park.park(session).is_ok());
         assert_eq!(park.len(), 1);
@@ -152,7 +152,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_session_already_woken_is_given_back() {
-        let park = Park::new(Handle::current());
+        let park = Park::new(Handle::current(), 4);
         let (session, _source, resumed) = fake(true);
         assert!(park.park(session).is_err());
         assert!(park.is_empty());
@@ -173,7 +173,7 @@ mod tests {
                 panic!("never in the map");
             }
         }
-        let park = Park::new(Handle::current());
+        let park = Park::new(Handle::current(), 4);
         assert!(park.park(WakesItself).is_err());
         assert!(park.is_empty());
     }

@@ -287,6 +287,17 @@ impl Registry {
         Registry::default()
     }
 
+    /// A registry with room for `sessions` without growing (a map that grows under a flood of
+    /// connections copies itself and leaves the old tables behind in the allocator).
+    pub fn with_capacity(sessions: usize) -> Registry {
+        Registry {
+            sessions: Mutex::new(Sessions {
+                by_client: HashMap::with_capacity(sessions),
+                closed: false,
+            }),
+        }
+    }
+
     /// Registers session `epoch` of `id`. An older session of the same client on this node is
     /// kicked; if a newer one is already here, or the node is shutting down, the new registration
     /// comes back kicked.
