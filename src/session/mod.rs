@@ -219,11 +219,22 @@ impl<S: Stream> Session<S> {
         let group = u64::from(id.as_bytes()[15]);
         let cursor =
             Cursor::new(&claim, window, Instant::now() + config.handoff_timeout).in_group(group);
-        // First round: everything pending since the last session, in its own queue and rooms.
+        // First round: everything pending since the last session, in its own queue and rooms. A
+        // new client has nothing yet (nobody knows its id before this line reaches it).
+        let new = claim.epoch == 1;
         self.rooms_wanted = claim.rooms_version > 0;
-        reg.signals.wake_own();
+        if !new {
+            reg.signals.wake_own();
+        }
         stats::session_opened();
-        let flushed = self.flush().await;
+        // A session that holds the delivery right runs its first round at once: `SET_CLIENT_ID`
+        // leaves with the first page, in one write. One that waits for the previous holder, or
+        // has nothing to read, says it now.
+        let flushed = if cursor.holding && !new {
+            Ok(())
+        } else {
+            self.flush().await
+        };
         Some((reg, cursor, flushed))
     }
 
