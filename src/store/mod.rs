@@ -270,18 +270,7 @@ impl Store {
                 Ok(conn) => conn.map_err(StoreError::classify)?,
                 Err(_) => return Err(StoreError::Timeout(QUERY_TIMEOUT)),
             };
-            let run = async {
-                let mut result = conn.query_iter(sql).await?;
-                let mut rows = Vec::new();
-                while !result.is_empty() {
-                    rows.extend(result.collect::<T>().await?);
-                }
-                // A statement that failed after the first one is kept by the driver as the next
-                // result, which `is_empty` does not show: taken here, it is this script's error
-                // (left alone, the pool would drop it unseen).
-                result.drop_result().await?;
-                Ok::<_, mysql_async::Error>(rows)
-            };
+            let run = all_rows::<T>(&mut conn, sql);
             match tokio::time::timeout_at(deadline, run).await {
                 Ok(Ok(rows)) => Ok(rows),
                 Ok(Err(e)) => {
@@ -336,6 +325,24 @@ fn hex_list(ids: &[ClientId]) -> String {
 fn values_table(columns: &str, rows: impl IntoIterator<Item = String>) -> String {
     let rows = rows.into_iter().collect::<Vec<_>>().join(", ");
     format!("(WITH v({columns}) AS (VALUES {rows}) SELECT * FROM v) v")
+}
+
+/// Every row of a multi-statement query, as `T` (statements without rows add none).
+///
+/// A statement that fails after the first one is kept by the driver as the next result, which
+/// `is_empty` does not show: taken here, it is this call's error (left alone, the pool would drop
+/// it unseen).
+async fn all_rows<T: FromRow + Send + 'static>(
+    conn: &mut impl Queryable,
+    sql: String,
+) -> Result<Vec<T>, mysql_async::Error> {
+    let mut result = conn.query_iter(sql).await?;
+    let mut rows = Vec::new();
+    while !result.is_empty() {
+        rows.extend(result.collect::<T>().await?);
+    }
+    result.drop_result().await?;
+    Ok(rows)
 }
 
 /// A string as a SQL literal that no text can break out of: its bytes in hex, read as utf8mb4.

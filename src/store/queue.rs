@@ -6,8 +6,22 @@ use std::time::Duration;
 use mysql_async::prelude::*;
 use mysql_async::TxOpts;
 
-use super::{hex, hex_list, NewMessage, Store, StoreError, Stored};
+use super::{all_rows, hex, hex_list, NewMessage, Store, StoreError, Stored};
 use crate::ClientId;
+
+/// A client's id and last_seq, with the server's `innodb_autoinc_lock_mode` and
+/// `auto_increment_increment`.
+type SeqRow = (Vec<u8>, u64, u64, u64);
+
+/// The auto-increment step when one multi-row INSERT gets consecutive ids (lock mode 0 or 1),
+/// else 0.
+fn id_step_of(lock_mode: u64, increment: u64) -> u64 {
+    if lock_mode <= 1 {
+        increment
+    } else {
+        0
+    }
+}
 
 impl Store {
     /// The auto-increment step when one multi-row INSERT gets consecutive ids, else 0. Asked in
@@ -18,10 +32,7 @@ impl Store {
         let row: Option<(u64, u64)> = tx
             .query_first("SELECT @@innodb_autoinc_lock_mode, @@auto_increment_increment")
             .await?;
-        Ok(match row {
-            Some((mode, step)) if mode <= 1 => step,
-            _ => 0,
-        })
+        Ok(row.map_or(0, |(mode, step)| id_step_of(mode, step)))
     }
 
     /// The ids of the rows a multi-row `INSERT` into `messages` just made, in the order of
@@ -188,44 +199,46 @@ impl Store {
             for (id, n) in &counts {
                 by_count.entry(*n).or_default().push(*id);
             }
-            // The clients' last_seq before this batch, read under their row locks.
-            let mut before: Option<Vec<(Vec<u8>, u64)>> = None;
+            // The clients' last_seq (before this batch's updates, or after them), read with the
+            // server's auto-increment settings (see `id_step`) in the same statement.
+            let read = format!(
+                "SELECT id, last_seq, @@innodb_autoinc_lock_mode, @@auto_increment_increment \
+                 FROM clients WHERE id IN ({list})"
+            );
+            let mut before: Option<Vec<SeqRow>> = None;
             if by_count.len() > 1 && !locked {
                 // Row locks on every client of the batch, in one statement (key order, so two
                 // batches never deadlock): seqs are in commit order. The locking read sees the
                 // latest committed last_seq, which only this transaction changes from here on.
-                before = Some(
-                    tx.query(format!(
-                        "SELECT id, last_seq FROM clients WHERE id IN ({list}) FOR UPDATE"
-                    ))
-                    .await?,
-                );
+                before = Some(tx.query(format!("{read} FOR UPDATE")).await?);
             }
-            for (n, ids) in &by_count {
-                tx.query_drop(format!(
-                    "UPDATE clients SET last_seq = last_seq + {n} WHERE id IN ({})",
-                    hex_list(ids)
-                ))
-                .await?;
+            // The updates, and the read after them when there was none before, in one round
+            // trip: the row locks are held for as few round trips as can be.
+            let mut statements: Vec<String> = by_count
+                .iter()
+                .map(|(n, ids)| {
+                    format!(
+                        "UPDATE clients SET last_seq = last_seq + {n} WHERE id IN ({})",
+                        hex_list(ids)
+                    )
+                })
+                .collect();
+            if before.is_none() {
+                statements.push(read);
             }
+            let after: Vec<SeqRow> = all_rows(&mut tx, statements.join("; ")).await?;
+            let read_before = before.is_some();
+            let rows = before.unwrap_or(after);
+            let step = rows.first().map_or(0, |r| id_step_of(r.2, r.3));
             // Next seq to hand out per client: its last_seq before the batch plus one.
-            let mut next: HashMap<ClientId, u64> = match before {
-                Some(rows) => rows
-                    .into_iter()
-                    .filter_map(|(id, last)| Some((ClientId::from_slice(&id)?, last + 1)))
-                    .collect(),
-                None => {
-                    let rows: Vec<(Vec<u8>, u64)> = tx
-                        .query(format!("SELECT id, last_seq FROM clients WHERE id IN ({list})"))
-                        .await?;
-                    rows.into_iter()
-                        .filter_map(|(id, last)| {
-                            let id = ClientId::from_slice(&id)?;
-                            Some((id, last + 1 - counts[&id]))
-                        })
-                        .collect()
-                }
-            };
+            let mut next: HashMap<ClientId, u64> = rows
+                .into_iter()
+                .filter_map(|(id, last, _, _)| {
+                    let id = ClientId::from_slice(&id)?;
+                    let before = if read_before { last } else { last - counts[&id] };
+                    Some((id, before + 1))
+                })
+                .collect();
             let planned: Vec<Option<u64>> = items
                 .iter()
                 .enumerate()
@@ -246,7 +259,6 @@ impl Store {
                 .collect();
             // Ids of a multi-row INSERT are consecutive (by the auto-increment step) when
             // innodb_autoinc_lock_mode <= 1 (MariaDB's default); otherwise they are read back.
-            let step = Store::id_step(&mut tx).await?;
             let mut ids_by_key: HashMap<(ClientId, u64), u64> = HashMap::with_capacity(rows.len());
             for chunk in rows.chunks(1000) {
                 let (columns, row) = if extra {
