@@ -8,10 +8,12 @@
 use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
 
+use crate::bus::{Bus, Owner};
 use crate::store::{
     Claim, Fetch, NewPost, PostRefused, PostedRow, RoomCursor, RoomFetch, Store, StoreError,
 };
@@ -165,15 +167,26 @@ impl BatchOp for Cursors {
     }
 }
 
-/// Claims of existing clients by new sessions of this node: client -> its [`Claim`] (`None`: unknown).
+/// Claims of existing clients by new sessions of this node: client -> its [`Claim`] (`None`:
+/// unknown) and, in the same batch, its lease in Redis ([`Claimed`]).
 pub struct Claims {
     pub store: Store,
+    pub bus: Bus,
     pub node: String,
+    pub lease: Duration,
+}
+
+/// A claimed client, and what Redis said of its lease: `Some(previous owner)` once this node
+/// holds it; `None` when Redis could not be asked (the session asks again itself).
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub claim: Claim,
+    pub lease: Option<Option<Owner>>,
 }
 
 impl BatchOp for Claims {
     type Item = ClientId;
-    type Output = Option<Claim>;
+    type Output = Option<Claimed>;
     const MAX: usize = 200;
     const NAME: &'static str = "claim clients";
 
@@ -181,13 +194,46 @@ impl BatchOp for Claims {
         *item
     }
 
+    /// The claims in MySQL (one transaction), then the leases of those claimed in Redis (one
+    /// pipeline): after the commit, so a lease never names an epoch MySQL does not have.
     fn run(
         &self,
         items: Vec<ClientId>,
-    ) -> impl Future<Output = Result<Vec<Option<Claim>>, StoreError>> + Send {
-        let store = self.store.clone();
-        let node = self.node.clone();
-        async move { store.claim_clients(&items, &node).await }
+    ) -> impl Future<Output = Result<Vec<Option<Claimed>>, StoreError>> + Send {
+        let (store, bus) = (self.store.clone(), self.bus.clone());
+        let (node, lease) = (self.node.clone(), self.lease);
+        async move {
+            let claims = store.claim_clients(&items, &node).await?;
+            let owners: Vec<(ClientId, Owner)> = items
+                .iter()
+                .zip(&claims)
+                .filter_map(|(id, claim)| {
+                    let owner = Owner {
+                        node: node.clone(),
+                        epoch: claim.as_ref()?.epoch,
+                    };
+                    Some((*id, owner))
+                })
+                .collect();
+            let mut leases = match bus.claim_many(&owners, lease).await {
+                Ok(previous) => previous.into_iter().map(Some).collect(),
+                Err(e) => {
+                    warn!(error = %e, count = owners.len(), "could not record ownership in Redis; sessions will retry");
+                    vec![None; owners.len()]
+                }
+            }
+            .into_iter();
+            Ok(claims
+                .into_iter()
+                .map(|claim| {
+                    let claim = claim?;
+                    Some(Claimed {
+                        claim,
+                        lease: leases.next().flatten(),
+                    })
+                })
+                .collect())
+        }
     }
 }
 

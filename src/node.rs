@@ -80,7 +80,9 @@ impl Node {
         Node {
             claims: Batcher::spawn(Claims {
                 store: store.clone(),
+                bus: bus.clone(),
                 node: config.node_id.clone(),
+                lease: config.lease,
             }),
             fetches: Batcher::spawn(Fetches(store.clone())),
             cursors: Batcher::spawn(Cursors(store.clone())),

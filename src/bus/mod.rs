@@ -218,6 +218,37 @@ impl Bus {
         Ok(previous.as_deref().and_then(Owner::decode))
     }
 
+    /// [`Bus::claim`] for many sessions in one pipelined round trip: per session, in order, the
+    /// previous owner.
+    pub async fn claim_many(
+        &self,
+        sessions: &[(ClientId, Owner)],
+        lease: Duration,
+    ) -> Result<Vec<Option<Owner>>, BusError> {
+        if sessions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for (id, owner) in sessions {
+            pipe.invoke_script(
+                self.claim
+                    .key(owner_key(*id))
+                    .arg(owner.encode())
+                    .arg(owner.epoch)
+                    .arg(lease.as_millis() as u64),
+            );
+        }
+        let mut conn = self.conn.clone();
+        // Loads the script first so the pipelined EVALSHAs cannot fail with NOSCRIPT.
+        timed(RESPONSE_TIMEOUT, self.claim.load_async(&mut conn)).await?;
+        let previous: Vec<Option<String>> =
+            timed(RESPONSE_TIMEOUT * 4, pipe.query_async(&mut conn)).await?;
+        Ok(previous
+            .iter()
+            .map(|p| p.as_deref().and_then(Owner::decode))
+            .collect())
+    }
+
     /// Extends the leases of these sessions (one pipelined round trip).
     pub async fn renew(
         &self,

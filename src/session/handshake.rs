@@ -5,11 +5,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::Session;
+use crate::batcher::Claimed;
 use crate::bus::{Note, Owner};
 use crate::chat::accounts;
 use crate::codec::LineError;
 use crate::protocol::{self, Identity, SessionError};
-use crate::store::Claim;
 use crate::ClientId;
 
 impl<S: super::Stream> Session<S> {
@@ -17,7 +17,7 @@ impl<S: super::Stream> Session<S> {
     pub(super) async fn handshake(
         &mut self,
         shutdown: &CancellationToken,
-    ) -> Result<Option<(ClientId, Claim, bool)>, SessionError> {
+    ) -> Result<Option<(ClientId, Claimed, bool)>, SessionError> {
         let limit = self.node.config.handshake_timeout;
         let line = tokio::select! {
             _ = shutdown.cancelled() => return Ok(None),
@@ -61,10 +61,16 @@ impl<S: super::Stream> Session<S> {
         let node_id = &self.node.config.node_id;
         // Boxed: a connection waiting for its answer then holds only the small waiting state.
         let claimed = match identity {
-            Identity::New => Box::pin(store.create_client(node_id)).await.map(Some),
+            // A new client's lease is written by the session itself.
+            Identity::New => Box::pin(store.create_client(node_id))
+                .await
+                .map(|(id, claim)| {
+                    let lease = None;
+                    Some((id, Claimed { claim, lease }))
+                }),
             Identity::Resume(id) => Box::pin(self.node.claims.call(id))
                 .await
-                .map(|c| c.map(|claim| (id, claim))),
+                .map(|c| c.map(|claimed| (id, claimed))),
             Identity::Login { .. } => unreachable!("resolved above"),
         };
         match claimed {
@@ -85,18 +91,32 @@ impl<S: super::Stream> Session<S> {
         self.node.admission.failed(self.peer.ip());
     }
 
-    /// Records this node as the client's holder in Redis and kicks the previous holder elsewhere.
-    /// Failures only delay notifications (the sweep still finds pending messages).
-    pub(super) async fn announce(&mut self, id: ClientId, owner: &Owner) {
+    /// Records this node as the client's holder in Redis (unless the claim's batch did:
+    /// `recorded`, with the previous holder) and kicks the previous holder elsewhere. Failures
+    /// only delay notifications (the sweep still finds pending messages).
+    pub(super) async fn announce(
+        &mut self,
+        id: ClientId,
+        owner: &Owner,
+        recorded: Option<Option<Owner>>,
+    ) {
         let bus = &self.node.bus;
-        match bus.claim(id, owner, self.node.config.lease).await {
-            Ok(Some(previous)) if previous.node != owner.node && previous.epoch < owner.epoch => {
+        let previous = match recorded {
+            Some(previous) => previous,
+            None => match bus.claim(id, owner, self.node.config.lease).await {
+                Ok(previous) => previous,
+                Err(e) => {
+                    warn!(client_id = %id, error = %e, "could not record ownership in Redis");
+                    return;
+                }
+            },
+        };
+        if let Some(previous) = previous {
+            if previous.node != owner.node && previous.epoch < owner.epoch {
                 if let Err(e) = bus.send(&previous.node, Note::Kick(id, owner.epoch)).await {
                     warn!(client_id = %id, error = %e, node = %previous.node, "could not tell the previous node");
                 }
             }
-            Ok(_) => {}
-            Err(e) => warn!(client_id = %id, error = %e, "could not record ownership in Redis"),
         }
     }
 }

@@ -196,7 +196,7 @@ impl<S: Stream> Session<S> {
     ) -> Option<(Registration, Cursor, Result<(), End>)> {
         self.out_reply(Reply::GetClientId);
         self.flush().await.ok()?;
-        let (id, claim, ack) = match self.handshake(shutdown).await {
+        let (id, claimed, ack) = match self.handshake(shutdown).await {
             Ok(Some(found)) => found,
             Ok(None) => return None,
             Err(e) => {
@@ -206,11 +206,12 @@ impl<S: Stream> Session<S> {
                 return None;
             }
         };
+        let claim = claimed.claim;
         stats::handshake(if claim.epoch == 1 { "new" } else { "resumed" });
         let reg = self.node.registry.register(id, claim.epoch);
         if reg.kicked().is_none() {
             let owner = self.owner(claim.epoch);
-            self.announce(id, &owner).await;
+            self.announce(id, &owner, claimed.lease).await;
         }
         self.out_reply(Reply::SetClientId(id));
         info!(client_id = %id, peer = %self.peer, epoch = claim.epoch, ack, "session started");

@@ -58,10 +58,15 @@ fn a_ban_reaches_every_node_and_an_unban_lifts_it() {
     // Node a polls every second: it sees a ban written to MySQL without any broadcast.
     let a = env.node("a", &["--bans-poll", "1"]);
     let b = env.node("b", &["--bans-poll", "600"]);
+    // Both nodes listen before the ban: node a's refusal below must not wait for its next poll.
     eventually(
-        "node b listens for ban broadcasts",
+        "both nodes listen for ban broadcasts",
         Duration::from_secs(20),
-        || b.log().contains("subscribed to ban broadcasts"),
+        || {
+            [&a, &b]
+                .iter()
+                .all(|n| n.log().contains("subscribed to ban broadcasts"))
+        },
     );
     let mut victim = b.connect();
     let id = victim.register();
@@ -71,11 +76,17 @@ fn a_ban_reaches_every_node_and_an_unban_lifts_it() {
     assert_eq!(stdout(&out).trim(), format!("banned: {id}"));
     victim.expect("BYE: banned");
     victim.expect_closed();
+    // Each node applies the broadcast on its own; a connection a moment before it is served.
     for node in [&a, &b] {
-        let mut again = node.connect();
-        again.send(&id);
-        again.expect("ERROR: banned");
-        again.expect_closed();
+        eventually("the ban reaches the node", Duration::from_secs(20), || {
+            let mut again = node.connect();
+            again.send(&id);
+            let refused = again.line() == "ERROR: banned";
+            if refused {
+                again.expect_closed();
+            }
+            refused
+        });
     }
     let bans = env.admin_json(&["bans"]);
     assert_eq!(bans["bans"][0]["entry"], id.as_str(), "{bans}");
