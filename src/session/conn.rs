@@ -94,17 +94,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
     }
 
-    /// Registers `cx` for the next line or the end, where the stream can, without reading;
-    /// `Some(Ready)`: there may be one already. `None`: the stream cannot (a session on it
-    /// keeps its task).
-    pub fn poll_readable(&self, cx: &mut Context<'_>) -> Option<Poll<()>>
-    where
-        S: Stream,
-    {
-        if !self.leftover.is_empty() || self.eof {
-            return Some(Poll::Ready(()));
+    /// The socket and the codec (with any partial line), for a parked session: only when
+    /// nothing read waits past a line end and the peer has not closed (`Err` gives it back).
+    pub fn into_parts(self) -> Result<(S, LineCodec), Conn<S>> {
+        if self.leftover.is_empty() && !self.eof {
+            Ok((self.stream, self.codec))
+        } else {
+            Err(self)
         }
-        self.stream.poll_readable(cx)
+    }
+
+    /// A connection again from [`Conn::into_parts`].
+    pub fn from_parts(stream: S, codec: LineCodec) -> Conn<S> {
+        Conn {
+            stream,
+            codec,
+            leftover: BytesMut::new(),
+            eof: false,
+        }
     }
 
     /// Writes all of `bytes`.

@@ -24,8 +24,9 @@ use self::conn::Conn;
 pub use self::conn::Stream;
 use crate::bus::Owner;
 use crate::chat::{self, ChatState, Ctx, Effect};
+use crate::codec::LineCodec;
 use crate::codec::LineError;
-use crate::delivery::Cursor;
+use crate::delivery::{Cursor, ParkedCursor};
 use crate::node::Node;
 use crate::park::Parked;
 use crate::protocol::chat_reply::write_help;
@@ -90,30 +91,114 @@ pub fn run<S: Stream>(
     session.serve(shutdown)
 }
 
-/// An established session with nothing under way, waiting without a task.
+/// An established session with nothing under way, waiting without a task: its parts, without
+/// what is empty while it waits (output, timer, background record, read-ahead), so that the box
+/// stays in a small size class.
 struct Idle<S> {
-    session: Session<S>,
+    stream: S,
+    codec: LineCodec,
+    node: Arc<Node>,
+    peer: std::net::SocketAddr,
+    chat: Option<Box<ChatState>>,
+    streams: Option<Box<rooms::Streams>>,
+    permit: Option<OwnedSemaphorePermit>,
     reg: Registration,
-    cursor: Cursor,
+    cursor: ParkedCursor,
+    rooms_wanted: bool,
     /// Keeps a graceful shutdown waiting for the session while it has no task.
     _token: TaskTrackerToken,
 }
 
+impl<S: Stream> Idle<S> {
+    /// A session about to park, in parts; `Err` gives it back when something in it cannot wait
+    /// without a task (then it keeps its task).
+    // Both variants are the session moved by value (it is the task's own state); boxing the
+    // give-back would allocate on a path `may_park` already rules out.
+    #[allow(clippy::result_large_err)]
+    fn new(
+        session: Session<S>,
+        reg: Registration,
+        cursor: Cursor,
+    ) -> Result<Idle<S>, (Session<S>, Registration, Cursor)> {
+        if session.timer.is_some() || session.recording.is_some() || !session.out.is_empty() {
+            return Err((session, reg, cursor));
+        }
+        let cursor = match cursor.park() {
+            Ok(cursor) => cursor,
+            Err(cursor) => return Err((session, reg, cursor)),
+        };
+        let Session {
+            node,
+            conn,
+            peer,
+            chat,
+            streams,
+            rooms_wanted,
+            _permit: permit,
+            ..
+        } = session;
+        let (stream, codec) = match conn.into_parts() {
+            Ok(parts) => parts,
+            Err(conn) => {
+                let session = Session {
+                    node,
+                    conn,
+                    out: BytesMut::new(),
+                    peer,
+                    chat,
+                    streams,
+                    rooms_wanted,
+                    recording: None,
+                    timer: None,
+                    _permit: permit,
+                };
+                return Err((session, reg, cursor.resume()));
+            }
+        };
+        let _token = node.sessions.token();
+        Ok(Idle {
+            stream,
+            codec,
+            node,
+            peer,
+            chat,
+            streams,
+            permit,
+            reg,
+            cursor,
+            rooms_wanted,
+            _token,
+        })
+    }
+
+    /// The session again, with its registration and cursor.
+    fn into_session(self) -> (Session<S>, Registration, Cursor) {
+        let session = Session {
+            node: self.node,
+            conn: Conn::from_parts(self.stream, self.codec),
+            out: BytesMut::new(),
+            peer: self.peer,
+            chat: self.chat,
+            streams: self.streams,
+            rooms_wanted: self.rooms_wanted,
+            recording: None,
+            timer: None,
+            _permit: self.permit,
+        };
+        (session, self.reg, self.cursor.resume())
+    }
+}
+
 impl<S: Stream> Parked for Idle<S> {
     fn register(&mut self, cx: &mut Context<'_>) -> bool {
-        let readable = !matches!(self.session.conn.poll_readable(cx), Some(Poll::Pending));
+        let readable = !matches!(self.stream.poll_readable(cx), Some(Poll::Pending));
         let woken = self.reg.signals.watch(cx);
         readable || woken || self.reg.kicked().is_some()
     }
 
     fn resume(self: Box<Self>, handle: &Handle) {
-        let Idle {
-            session,
-            reg,
-            cursor,
-            _token,
-        } = *self;
-        let sessions = session.node.sessions.clone();
+        let sessions = self.node.sessions.clone();
+        let (session, reg, cursor) = self.into_session();
         sessions.spawn_on(session.live(reg, cursor), handle);
     }
 }
@@ -157,21 +242,25 @@ impl<S: Stream> Session<S> {
     /// The established session until it ends. When it has nothing under way it parks, and the
     /// wake that resumes it runs this again in a new task.
     async fn live(mut self, mut reg: Registration, mut cursor: Cursor) {
+        let mut parkable = true;
         loop {
-            let Some(end) = self.established(&reg, &mut cursor).await else {
+            let Some(end) = self.established(&reg, &mut cursor, parkable).await else {
                 let park = self.node.park.clone();
-                let _token = self.node.sessions.token();
-                let idle = Idle {
-                    session: self,
-                    reg,
-                    cursor,
-                    _token,
+                let idle = match Idle::new(self, reg, cursor) {
+                    Ok(idle) => idle,
+                    Err(back) => {
+                        // Something cannot wait without the task after all: this session
+                        // waits in it from now on.
+                        (self, reg, cursor) = back;
+                        parkable = false;
+                        continue;
+                    }
                 };
                 match park.park(idle) {
                     Ok(()) => return,
                     // Woken meanwhile: go on here.
                     Err(idle) => {
-                        (self, reg, cursor) = (idle.session, idle.reg, idle.cursor);
+                        (self, reg, cursor) = idle.into_session();
                         continue;
                     }
                 }
@@ -242,7 +331,12 @@ impl<S: Stream> Session<S> {
     /// The command/delivery loop of an established session. It waits on the socket, the
     /// session's signals (wakes and kicks: takeover, ban, shutdown) and, when one is due, a timer.
     /// `None`: nothing is under way and nothing has come; the session may park.
-    async fn established(&mut self, reg: &Registration, cursor: &mut Cursor) -> Option<End> {
+    async fn established(
+        &mut self,
+        reg: &Registration,
+        cursor: &mut Cursor,
+        parkable: bool,
+    ) -> Option<End> {
         loop {
             if let Some(kick) = reg.kicked() {
                 return Some(match kick {
@@ -252,7 +346,7 @@ impl<S: Stream> Session<S> {
                 });
             }
             self.arm_timer(cursor);
-            let event = if self.may_park() {
+            let event = if parkable && self.may_park() {
                 match poll_fn(|cx| Poll::Ready(self.poll_event(cx, reg))).await {
                     Poll::Ready(event) => event,
                     Poll::Pending => return None,
