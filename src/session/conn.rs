@@ -16,18 +16,19 @@ const READ_CHUNK: usize = 4096;
 /// on it can park without a task ([`crate::park`]); TLS cannot (decrypted bytes may wait inside
 /// its state), so a TLS session keeps its task.
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static {
-    /// Whether `poll_readable` works.
+    /// Whether `poll_readable` works (a session on this stream may park).
     const PARKS: bool = false;
-    /// Registers `cx` for the socket becoming readable (or closed); `None`: not supported.
-    fn poll_readable(&self, _cx: &mut Context<'_>) -> Option<Poll<()>> {
-        None
+    /// Registers `cx` for the socket becoming readable (or closed). A stream that cannot tell
+    /// (`PARKS` false) answers ready, as if a line might be there.
+    fn poll_readable(&self, _cx: &mut Context<'_>) -> Poll<()> {
+        Poll::Ready(())
     }
 }
 
 impl Stream for tokio::net::TcpStream {
     const PARKS: bool = true;
-    fn poll_readable(&self, cx: &mut Context<'_>) -> Option<Poll<()>> {
-        Some(self.poll_read_ready(cx).map(|_| ()))
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.poll_read_ready(cx).map(|_| ())
     }
 }
 
@@ -94,14 +95,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
     }
 
-    /// The socket and the codec (with any partial line), for a parked session: only when
-    /// nothing read waits past a line end and the peer has not closed (`Err` gives it back).
-    pub fn into_parts(self) -> Result<(S, LineCodec), Conn<S>> {
-        if self.leftover.is_empty() && !self.eof {
-            Ok((self.stream, self.codec))
-        } else {
-            Err(self)
-        }
+    /// Whether the connection can be taken apart for a parked session: nothing read waits past a
+    /// line end, and the peer has not closed.
+    pub fn parks(&self) -> bool {
+        self.leftover.is_empty() && !self.eof
+    }
+
+    /// The socket and the codec (with any partial line), for a parked session (see
+    /// [`Conn::parks`]: the read-ahead and the end of file are not kept).
+    pub fn into_parts(self) -> (S, LineCodec) {
+        debug_assert!(self.parks());
+        (self.stream, self.codec)
     }
 
     /// A connection again from [`Conn::into_parts`].

@@ -120,7 +120,7 @@ impl<S: Stream> Idle<S> {
         reg: Registration,
         cursor: Cursor,
     ) -> Result<Idle<S>, (Session<S>, Registration, Cursor)> {
-        if session.timer.is_some() || session.recording.is_some() || !session.out.is_empty() {
+        if !session.may_park() {
             return Err((session, reg, cursor));
         }
         let cursor = match cursor.park() {
@@ -137,24 +137,7 @@ impl<S: Stream> Idle<S> {
             _permit: permit,
             ..
         } = session;
-        let (stream, codec) = match conn.into_parts() {
-            Ok(parts) => parts,
-            Err(conn) => {
-                let session = Session {
-                    node,
-                    conn,
-                    out: BytesMut::new(),
-                    peer,
-                    chat,
-                    streams,
-                    rooms_wanted,
-                    recording: None,
-                    timer: None,
-                    _permit: permit,
-                };
-                return Err((session, reg, cursor.resume()));
-            }
-        };
+        let (stream, codec) = conn.into_parts();
         let _token = node.sessions.token();
         Ok(Idle {
             stream,
@@ -191,7 +174,7 @@ impl<S: Stream> Idle<S> {
 
 impl<S: Stream> Parked for Idle<S> {
     fn register(&mut self, cx: &mut Context<'_>) -> bool {
-        let readable = !matches!(self.stream.poll_readable(cx), Some(Poll::Pending));
+        let readable = self.stream.poll_readable(cx).is_ready();
         let woken = self.reg.signals.watch(cx);
         readable || woken || self.reg.kicked().is_some()
     }
@@ -382,9 +365,13 @@ impl<S: Stream> Session<S> {
     }
 
     /// Whether the session may wait without its task: plain TCP, no timer, no write of its
-    /// cursors under way, nothing left to write.
+    /// cursors under way, nothing left to write, nothing read ahead.
     fn may_park(&self) -> bool {
-        S::PARKS && self.timer.is_none() && self.recording.is_none() && self.out.is_empty()
+        S::PARKS
+            && self.timer.is_none()
+            && self.recording.is_none()
+            && self.out.is_empty()
+            && self.conn.parks()
     }
 
     /// What comes first: a client line, a wake or kick, the timer, the end of the background
