@@ -19,6 +19,7 @@
 //! - [`enqueue`]: the producer API behind `chat-enqueue`.
 //! - [`config`], [`logging`]: settings and log output shared by the binaries.
 //! - [`config_file`]: TOML config files mapped onto a binary's flags.
+//! - [`hex`]: bytes as hex text (SQL literals, notification ids).
 #![forbid(unsafe_code)]
 
 pub mod admission;
@@ -31,6 +32,7 @@ pub mod config;
 pub mod config_file;
 pub mod delivery;
 pub mod enqueue;
+pub mod hex;
 pub mod http;
 pub mod hub;
 pub mod logging;

@@ -1,5 +1,6 @@
 //! The notifications on Redis channels, as text: `wake`, `kick`, and `post` (a committed room message, carried whole).
 
+use crate::hex::hex;
 use crate::store::RoomMessage;
 use crate::{ClientId, RoomId};
 
@@ -71,8 +72,7 @@ impl Note {
             Note::Kick(id, epoch) => format!("kick {id} {epoch}").into_bytes(),
             Note::Post(post) => {
                 let m = &post.message;
-                let hex =
-                    |id: Option<ClientId>| id.map_or("-".to_string(), |c| hex32(c.as_bytes()));
+                let hex = |id: Option<ClientId>| id.map_or("-".to_string(), |c| hex(c.as_bytes()));
                 let mut out = format!(
                     "post {} {} {} {} {} {} {} ",
                     m.room.simple(),
@@ -114,10 +114,6 @@ impl Note {
             _ => None,
         }
     }
-}
-
-fn hex32(bytes: &[u8; 16]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn client_hex(word: &str) -> Option<Option<ClientId>> {

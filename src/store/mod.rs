@@ -6,6 +6,7 @@ use std::time::Duration;
 use mysql_async::prelude::*;
 use mysql_async::{Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts};
 
+use crate::hex::{hex, push_hex};
 use crate::ClientId;
 
 mod accounts;
@@ -313,10 +314,13 @@ pub(crate) fn shown_sql(alias: &str) -> String {
 /// `X'..',X'..'` for an `IN (...)` list: hex literals of our own typed ids, so no injection is
 /// possible and no prepared statement is made per list length.
 fn hex_list(ids: &[ClientId]) -> String {
-    ids.iter()
-        .map(|id| format!("X'{}'", hex(id.as_bytes())))
-        .collect::<Vec<_>>()
-        .join(",")
+    let mut out = String::with_capacity(ids.len() * 36);
+    for (i, id) in ids.iter().enumerate() {
+        out.push_str(if i == 0 { "X'" } else { ",X'" });
+        push_hex(&mut out, id.as_bytes());
+        out.push('\'');
+    }
+    out
 }
 
 /// A derived table `v` of literal rows (hex literals and numbers only, like `hex_list`), named
@@ -348,10 +352,6 @@ async fn all_rows<T: FromRow + Send + 'static>(
 /// A string as a SQL literal that no text can break out of: its bytes in hex, read as utf8mb4.
 fn text_literal(text: &str) -> String {
     format!("CONVERT(X'{}' USING utf8mb4)", hex(text.as_bytes()))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 pub(crate) async fn with_timeout<T>(

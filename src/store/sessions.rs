@@ -14,10 +14,10 @@ use super::{
 use crate::ClientId;
 
 /// The columns of a pending-message read after `client_id`: seq, id, body (empty once dropped),
-/// whether it was dropped, microseconds to its expiry, enqueue time in microseconds.
-const PENDING_COLUMNS: &str = "seq, id, IF(dropped = 0, body, ''), dropped <> 0, \
-     TIMESTAMPDIFF(MICROSECOND, NOW(6), expires_at), \
-     CAST(UNIX_TIMESTAMP(enqueued_at) * 1000000 AS UNSIGNED)";
+/// whether it was dropped, microseconds to its expiry, enqueue time in microseconds; of `messages m`.
+const PENDING_COLUMNS: &str = "m.seq, m.id, IF(m.dropped = 0, m.body, ''), m.dropped <> 0, \
+     TIMESTAMPDIFF(MICROSECOND, NOW(6), m.expires_at), \
+     CAST(UNIX_TIMESTAMP(m.enqueued_at) * 1000000 AS UNSIGNED)";
 
 /// Microseconds to a message's expiry (`None`: no TTL).
 type ExpiresIn = Option<i64>;
@@ -116,10 +116,11 @@ impl Store {
             .collect())
     }
 
-    /// The next pending messages of many sessions, in two statements (one for the epochs, one for
-    /// the messages). Per request (client, epoch, after_seq, limit), in order: the next `limit`
-    /// messages after `after_seq` if session `epoch` still owns the client, else `Stale`. Seqs of a
-    /// client are contiguous, so `seq BETWEEN after+1 AND after+limit` is exactly its next page.
+    /// The next pending messages of many sessions, in two statements (one for the epochs and queue
+    /// heads, one for the messages). Per request (client, epoch, after_seq, limit), in order: the
+    /// next `limit` messages after `after_seq` if session `epoch` still owns the client, else
+    /// `Stale`. Seqs of a client are contiguous, so the seqs after+1 ..= min(head, after+limit) are
+    /// exactly its next page. One item per client.
     pub async fn fetch_pending_many(
         &self,
         requests: &[(ClientId, u64, u64, usize)],
@@ -129,18 +130,6 @@ impl Store {
         }
         let ids: Vec<ClientId> = requests.iter().map(|r| r.0).collect();
         let list = hex_list(&ids);
-        let ranges = requests
-            .iter()
-            .map(|(id, _, after, limit)| {
-                format!(
-                    "(client_id = X'{}' AND seq BETWEEN {} AND {})",
-                    hex(id.as_bytes()),
-                    after + 1,
-                    after + *limit as u64
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(" OR ");
         let (heads, rows) = self
             .timed(async {
                 let mut conn = self.pool.get_conn().await?;
@@ -149,25 +138,51 @@ impl Store {
                         "SELECT id, session_epoch, last_seq FROM clients WHERE id IN ({list})"
                     ))
                     .await?;
+                let heads: HashMap<Vec<u8>, (u64, u64)> = heads
+                    .into_iter()
+                    .map(|(id, epoch, last)| (id, (epoch, last)))
+                    .collect();
+                // Each owned client's page is the seqs after+1 ..= after+n, n = what is pending
+                // up to its limit: read by primary key, seq by seq, from a table of (client, after,
+                // n) joined to MariaDB's number sequence. (An OR of per-client ranges costs the
+                // range optimizer and then every row's check against every arm.)
+                let pages: Vec<(&ClientId, u64, u64)> = requests
+                    .iter()
+                    .filter_map(|(id, epoch, after, limit)| {
+                        let &(owner, last_seq) = heads.get(&id.as_bytes()[..])?;
+                        let n = last_seq.saturating_sub(*after).min(*limit as u64);
+                        (owner == *epoch && n > 0).then_some((id, *after, n))
+                    })
+                    .collect();
+                let Some(longest) = pages.iter().map(|p| p.2).max() else {
+                    return Ok((heads, Vec::new()));
+                };
+                let table = values_table(
+                    "id, after, n",
+                    pages
+                        .iter()
+                        .map(|(id, after, n)| format!("(X'{}', {after}, {n})", hex(id.as_bytes()))),
+                );
                 let rows: Vec<ClientPendingRow> = conn
                     .query(format!(
-                        "SELECT client_id, {PENDING_COLUMNS} FROM messages WHERE {ranges} \
-                         ORDER BY client_id, seq"
+                        "SELECT m.client_id, {PENDING_COLUMNS} FROM {table} \
+                         STRAIGHT_JOIN seq_1_to_{longest} s \
+                         STRAIGHT_JOIN messages m ON m.client_id = v.id AND m.seq = v.after + s.seq \
+                         WHERE s.seq <= v.n"
                     ))
                     .await?;
                 Ok((heads, rows))
             })
             .await?;
-        let heads: HashMap<Vec<u8>, (u64, u64)> = heads
-            .into_iter()
-            .map(|(id, epoch, last)| (id, (epoch, last)))
-            .collect();
         let mut pages: HashMap<Vec<u8>, Vec<Pending>> = HashMap::new();
         for (client, seq, id, body, dropped, expires, enqueued) in rows {
             pages
                 .entry(client)
                 .or_default()
                 .push(pending((seq, id, body, dropped, expires, enqueued)));
+        }
+        for page in pages.values_mut() {
+            page.sort_unstable_by_key(|m| m.seq);
         }
         let mut out = Vec::with_capacity(requests.len());
         for (id, epoch, after, limit) in requests {
@@ -177,10 +192,9 @@ impl Store {
                 continue;
             };
             let page = pages.remove(key).unwrap_or_default();
-            // The range read assumes seqs without gaps. If it found nothing although messages
-            // are pending, or stopped short, there is a gap (rows removed by hand, or a restore):
-            // read this client alone, by order instead of by range.
-            let short = page.last().map_or(*after, |m| m.seq) < last_seq.min(after + *limit as u64);
+            // The read by seq assumes seqs without gaps. If it found fewer than are pending, there
+            // is a gap (rows removed by hand, or a restore): read this client alone, by order.
+            let short = (page.len() as u64) < last_seq.saturating_sub(*after).min(*limit as u64);
             if short {
                 out.push(Fetch::Owned(self.fetch_after(*id, *after, *limit).await?));
             } else {
@@ -202,7 +216,7 @@ impl Store {
                 let mut conn = self.pool.get_conn().await?;
                 conn.exec(
                     format!(
-                        "SELECT {PENDING_COLUMNS} FROM messages WHERE client_id = ? AND seq > ? \
+                        "SELECT {PENDING_COLUMNS} FROM messages m WHERE client_id = ? AND seq > ? \
                          ORDER BY seq LIMIT ?"
                     ),
                     (&id.as_bytes()[..], after, limit as u64),
