@@ -5,8 +5,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use mysql_async::prelude::*;
 use mysql_async::TxOpts;
 
+use super::queue::id_step_of;
 use super::rooms::{client_lit, room_lit};
-use super::{Store, StoreError};
+use super::{all_rows, Store, StoreError};
 use crate::{ClientId, RoomId};
 
 /// One message to post to a room.
@@ -149,14 +150,17 @@ impl Store {
         self.timed(async {
             let mut conn = self.pool.get_conn().await?;
             let mut tx = conn.start_transaction(TxOpts::default()).await?;
-            let heads: Vec<(Vec<u8>, u64)> = tx
+            // The heads, locked, with the server's auto-increment settings (see `id_step_of`).
+            let heads: Vec<(Vec<u8>, u64, u64, u64)> = tx
                 .query(format!(
-                    "SELECT id, last_seq FROM rooms WHERE id IN ({room_list}) ORDER BY id FOR UPDATE"
+                    "SELECT id, last_seq, @@innodb_autoinc_lock_mode, @@auto_increment_increment \
+                     FROM rooms WHERE id IN ({room_list}) ORDER BY id FOR UPDATE"
                 ))
                 .await?;
+            let step = heads.first().map_or(0, |h| id_step_of(h.2, h.3));
             let mut next: HashMap<RoomId, u64> = heads
                 .into_iter()
-                .filter_map(|(id, seq)| Some((RoomId::from_slice(&id)?, seq + 1)))
+                .filter_map(|(id, seq, _, _)| Some((RoomId::from_slice(&id)?, seq + 1)))
                 .collect();
             let posters: Vec<String> = items
                 .iter()
@@ -204,14 +208,16 @@ impl Store {
             for (room, n) in &counts {
                 by_count.entry(*n).or_default().push(*room);
             }
-            for (n, rooms) in &by_count {
-                let list = rooms.iter().map(room_lit).collect::<Vec<_>>().join(",");
-                tx.query_drop(format!(
-                    "UPDATE rooms SET last_seq = last_seq + {n} WHERE id IN ({list})"
-                ))
-                .await?;
-            }
-            let step = Store::id_step(&mut tx).await?;
+            // One UPDATE per distinct count, all in one round trip.
+            let updates = by_count
+                .iter()
+                .map(|(n, rooms)| {
+                    let list = rooms.iter().map(room_lit).collect::<Vec<_>>().join(",");
+                    format!("UPDATE rooms SET last_seq = last_seq + {n} WHERE id IN ({list})")
+                })
+                .collect::<Vec<_>>()
+                .join("; ");
+            all_rows::<mysql_async::Row>(&mut tx, updates).await?;
             let stored: Vec<(&NewPost<'_>, u64)> = items
                 .iter()
                 .zip(&planned)

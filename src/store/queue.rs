@@ -14,8 +14,9 @@ use crate::ClientId;
 type SeqRow = (Vec<u8>, u64, u64, u64);
 
 /// The auto-increment step when one multi-row INSERT gets consecutive ids (lock mode 0 or 1),
-/// else 0.
-fn id_step_of(lock_mode: u64, increment: u64) -> u64 {
+/// else 0. Asked in every batch transaction (with the read of the heads): a failover may bring a
+/// server with other settings.
+pub(super) fn id_step_of(lock_mode: u64, increment: u64) -> u64 {
     if lock_mode <= 1 {
         increment
     } else {
@@ -24,20 +25,9 @@ fn id_step_of(lock_mode: u64, increment: u64) -> u64 {
 }
 
 impl Store {
-    /// The auto-increment step when one multi-row INSERT gets consecutive ids, else 0. Asked in
-    /// every batch transaction: a failover may bring a server with other settings.
-    pub(super) async fn id_step(
-        tx: &mut mysql_async::Transaction<'_>,
-    ) -> Result<u64, mysql_async::Error> {
-        let row: Option<(u64, u64)> = tx
-            .query_first("SELECT @@innodb_autoinc_lock_mode, @@auto_increment_increment")
-            .await?;
-        Ok(row.map_or(0, |(mode, step)| id_step_of(mode, step)))
-    }
-
     /// The ids of the rows a multi-row `INSERT` into `messages` just made, in the order of
     /// `keys` (queue id, seq): computed from `LAST_INSERT_ID` when they are consecutive (`step`,
-    /// see `id_step`), else read back.
+    /// see `id_step_of`), else read back.
     pub(super) async fn inserted_ids(
         tx: &mut mysql_async::Transaction<'_>,
         step: u64,
@@ -200,7 +190,7 @@ impl Store {
                 by_count.entry(*n).or_default().push(*id);
             }
             // The clients' last_seq (before this batch's updates, or after them), read with the
-            // server's auto-increment settings (see `id_step`) in the same statement.
+            // server's auto-increment settings (see `id_step_of`) in the same statement.
             let read = format!(
                 "SELECT id, last_seq, @@innodb_autoinc_lock_mode, @@auto_increment_increment \
                  FROM clients WHERE id IN ({list})"

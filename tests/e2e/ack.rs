@@ -117,3 +117,28 @@ fn the_in_flight_window_bounds_unacknowledged_messages() {
     assert_eq!(acked(&c.line()).1, "w5");
     assert_eq!(acked(&c.line()).1, "w6");
 }
+
+#[test]
+fn a_message_woken_for_while_the_window_is_full_comes_once_it_opens() {
+    let env = Env::new("ack_window_wake");
+    // No sweep to fall back on: only the acknowledgement that opens the window can bring w2.
+    let node = env.node("a", &["--max-inflight", "2", "--sweep-interval", "3600"]);
+    let mut c = node.connect();
+    let id = c.register_ack();
+    env.enqueue(&id, "w0");
+    env.enqueue(&id, "w1");
+    let first: Vec<(u64, String)> = (0..2).map(|_| acked(&c.line())).collect();
+    assert_eq!(first[1].1, "w1");
+    // A message with a deadline is not carried: its notification only says "look", and the
+    // session looks while its window is full.
+    let out = env.enqueue_raw(&["--ttl", "60", &id, "w2"]);
+    assert!(out.status.success(), "{out:?}");
+    c.expect_silence(Duration::from_millis(800));
+    c.send(&format!("ACK {}", first[0].0));
+    assert_eq!(acked(&c.line()).1, "w2");
+    // The window had room when w3 came: no look was held back, and w3 still comes.
+    c.send(&format!("ACK {}", first[1].0));
+    c.expect_silence(Duration::from_millis(300));
+    env.enqueue(&id, "w3");
+    assert_eq!(acked(&c.line()).1, "w3");
+}
