@@ -61,6 +61,19 @@ pub async fn run(url: &str) -> Result<Vec<&'static str>, StoreError> {
         ))
         .await?;
         conn.query_drop(format!("USE `{db}`")).await?;
+        // The reads use a table value constructor and the SEQUENCE engine (MariaDB only): say so
+        // now, not on the first delivery.
+        match conn
+            .query_drop(
+                "WITH v(n) AS (VALUES (1)) SELECT v.n FROM v JOIN seq_1_to_1 s ON s.seq = v.n",
+            )
+            .await
+        {
+            Err(mysql_async::Error::Server(e)) => {
+                return Err(StoreError::Unsupported(e.message));
+            }
+            other => other?,
+        }
         let locked: Option<Option<i64>> = conn
             .query_first("SELECT GET_LOCK(CONCAT('chat-migrations:', DATABASE()), 60)")
             .await?;

@@ -60,6 +60,8 @@ pub enum StoreError {
     Timeout(Duration),
     #[error("could not take the migrations lock")]
     MigrationLock,
+    #[error("the database server is not MariaDB 10.3 or later with its SEQUENCE engine ({0}); chat needs both")]
+    Unsupported(String),
     #[error(transparent)]
     Mysql(#[from] mysql_async::Error),
     /// A failure of a statement shared by several callers (group commit), as text.
