@@ -6,9 +6,10 @@ use mysql_async::prelude::*;
 use mysql_async::TxOpts;
 
 use super::liveness::node_lock;
+use super::rooms::client_lit;
 use super::RoomCursor;
 use super::{
-    hex, hex_list, text_literal, values_table, Acquire, Claim, Fetch, Pending, Store, StoreError,
+    hex_list, text_literal, values_table, Acquire, Claim, Fetch, Pending, Store, StoreError,
     SweepRow,
 };
 use crate::ClientId;
@@ -26,6 +27,12 @@ type PendingRow = (u64, u64, Vec<u8>, bool, ExpiresIn, u64);
 type ClaimRow = (Vec<u8>, u64, u64, u64, Option<u64>);
 /// A [`PendingRow`] led by its client id.
 type ClientPendingRow = (Vec<u8>, u64, u64, Vec<u8>, bool, ExpiresIn, u64);
+
+/// How many messages a page after `after` holds with the queue's head at `last_seq`: what is
+/// pending, up to `limit`. The fetch reads exactly these seqs, and a page with fewer has a gap.
+fn page_len(last_seq: u64, after: u64, limit: usize) -> u64 {
+    last_seq.saturating_sub(after).min(limit as u64)
+}
 
 fn pending((seq, id, body, dropped, expires_in_us, enqueued_at_us): PendingRow) -> Pending {
     Pending {
@@ -150,7 +157,7 @@ impl Store {
                     .iter()
                     .filter_map(|(id, epoch, after, limit)| {
                         let &(owner, last_seq) = heads.get(&id.as_bytes()[..])?;
-                        let n = last_seq.saturating_sub(*after).min(*limit as u64);
+                        let n = page_len(last_seq, *after, *limit);
                         (owner == *epoch && n > 0).then_some((id, *after, n))
                     })
                     .collect();
@@ -161,7 +168,7 @@ impl Store {
                     "id, after, n",
                     pages
                         .iter()
-                        .map(|(id, after, n)| format!("(X'{}', {after}, {n})", hex(id.as_bytes()))),
+                        .map(|(id, after, n)| format!("({}, {after}, {n})", client_lit(id))),
                 );
                 let rows: Vec<ClientPendingRow> = conn
                     .query(format!(
@@ -194,7 +201,7 @@ impl Store {
             let page = pages.remove(key).unwrap_or_default();
             // The read by seq assumes seqs without gaps. If it found fewer than are pending, there
             // is a gap (rows removed by hand, or a restore): read this client alone, by order.
-            let short = (page.len() as u64) < last_seq.saturating_sub(*after).min(*limit as u64);
+            let short = (page.len() as u64) < page_len(last_seq, *after, *limit);
             if short {
                 out.push(Fetch::Owned(self.fetch_after(*id, *after, *limit).await?));
             } else {
@@ -330,7 +337,7 @@ impl Store {
             "id, seq, epoch",
             entries
                 .iter()
-                .map(|(id, epoch, seq, _)| format!("(X'{}', {seq}, {epoch})", hex(id.as_bytes()))),
+                .map(|(id, epoch, seq, _)| format!("({}, {seq}, {epoch})", client_lit(id))),
         );
         self.timed(async {
             let mut conn = self.pool.get_conn().await?;
@@ -357,7 +364,7 @@ impl Store {
                 .iter()
                 .zip(&held)
                 .filter(|(_, held)| **held)
-                .map(|((id, _, seq, acked), _)| format!("(X'{}', {seq}, {})", hex(id.as_bytes()), u8::from(*acked)))
+                .map(|((id, _, seq, acked), _)| format!("({}, {seq}, {})", client_lit(id), u8::from(*acked)))
                 .collect::<Vec<_>>();
             if !log.is_empty() {
                 tx.query_drop(format!(
