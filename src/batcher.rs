@@ -89,6 +89,11 @@ async fn run<Op: BatchOp>(op: Arc<Op>, mut rx: mpsc::Receiver<Request<Op>>) {
                 Some(request) => waiting.push(request),
                 None => return,
             }
+            // The first request after a lull rarely comes alone: the tasks a batch of another
+            // stage has just answered are runnable now and send theirs as soon as they run. Let
+            // them run first, so that they share this batch instead of waiting behind a batch of
+            // one.
+            tokio::task::yield_now().await;
         }
         while waiting.len() < Op::MAX * 2 {
             match rx.try_recv() {
@@ -128,7 +133,7 @@ pub struct Fetches(pub Store);
 impl BatchOp for Fetches {
     type Item = (ClientId, u64, u64, usize);
     type Output = Fetch;
-    const MAX: usize = 200;
+    const MAX: usize = 500;
     const NAME: &'static str = "fetch pending";
 
     fn client(item: &Self::Item) -> ClientId {
@@ -187,7 +192,7 @@ pub struct Claimed {
 impl BatchOp for Claims {
     type Item = ClientId;
     type Output = Option<Claimed>;
-    const MAX: usize = 200;
+    const MAX: usize = 500;
     const NAME: &'static str = "claim clients";
 
     fn client(item: &Self::Item) -> ClientId {

@@ -128,6 +128,7 @@ async fn accept_loop(
     sessions: TaskTracker,
     shutdown: CancellationToken,
 ) {
+    tune_listener(&listener);
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -257,13 +258,29 @@ where
 }
 
 /// Low latency for small lines, and keepalive probes to find peers that vanished.
-fn tune(stream: &TcpStream) {
-    let _ = stream.set_nodelay(true);
+fn socket_options(socket: SockRef<'_>) -> io::Result<()> {
+    socket.set_tcp_nodelay(true)?;
     let keepalive = TcpKeepalive::new()
         .with_time(Duration::from_secs(60))
         .with_interval(Duration::from_secs(10))
         .with_retries(5);
-    let _ = SockRef::from(stream).set_tcp_keepalive(&keepalive);
+    socket.set_tcp_keepalive(&keepalive)
+}
+
+/// The socket options, set once on the listener: Linux copies them into every socket it accepts,
+/// which saves five system calls per connection (a twentieth of a drain's).
+fn tune_listener(listener: &TcpListener) {
+    if let Err(e) = socket_options(SockRef::from(listener)) {
+        warn!(error = %e, "could not set the socket options on the listener");
+    }
+}
+
+/// The socket options of an accepted connection: inherited from the listener on Linux, set here
+/// elsewhere.
+fn tune(stream: &TcpStream) {
+    if !cfg!(target_os = "linux") {
+        let _ = socket_options(SockRef::from(stream));
+    }
 }
 
 /// Answers a connection that is not admitted with one `ERROR:` line, then closes it.
@@ -275,4 +292,32 @@ async fn refuse<S: AsyncWrite>(stream: S, why: SessionError) {
         stream.shutdown().await
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the accept loop relies on: a socket accepted from a tuned listener has the options.
+    #[tokio::test]
+    async fn an_accepted_socket_has_the_listeners_options() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        tune_listener(&listener);
+        let addr = listener.local_addr().unwrap();
+        let _client = TcpStream::connect(addr).await.unwrap();
+        let (stream, _) = listener.accept().await.unwrap();
+        tune(&stream);
+        let socket = SockRef::from(&stream);
+        assert!(socket.tcp_nodelay().unwrap());
+        assert!(socket.keepalive().unwrap());
+        assert_eq!(
+            socket.tcp_keepalive_time().unwrap(),
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            socket.tcp_keepalive_interval().unwrap(),
+            Duration::from_secs(10)
+        );
+        assert_eq!(socket.tcp_keepalive_retries().unwrap(), 5);
+    }
 }
