@@ -128,7 +128,7 @@ async fn accept_loop(
     sessions: TaskTracker,
     shutdown: CancellationToken,
 ) {
-    tune_listener(&listener);
+    let inherited = tune_listener(&listener);
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -143,7 +143,9 @@ async fn accept_loop(
                 continue;
             }
         };
-        tune(&stream);
+        if !inherited {
+            tune(&stream);
+        }
         // Taken here, so that connections still in their PROXY header or TLS handshake count too.
         let permit = permits.clone().try_acquire_owned().ok();
         sessions.spawn(connection(
@@ -267,20 +269,22 @@ fn socket_options(socket: SockRef<'_>) -> io::Result<()> {
     socket.set_tcp_keepalive(&keepalive)
 }
 
-/// The socket options, set once on the listener: Linux copies them into every socket it accepts,
-/// which saves five system calls per connection (a twentieth of a drain's).
-fn tune_listener(listener: &TcpListener) {
-    if let Err(e) = socket_options(SockRef::from(listener)) {
-        warn!(error = %e, "could not set the socket options on the listener");
+/// The socket options, set once on the listener. Linux copies them into every socket it accepts,
+/// which saves five of the twelve system calls a connection cost in a drain. Returns whether the
+/// accepted sockets have them that way; if not, the accept loop sets them on each one ([`tune`]).
+fn tune_listener(listener: &TcpListener) -> bool {
+    match socket_options(SockRef::from(listener)) {
+        Ok(()) => cfg!(target_os = "linux"),
+        Err(e) => {
+            warn!(error = %e, "could not set the socket options on the listener; setting them per connection");
+            false
+        }
     }
 }
 
-/// The socket options of an accepted connection: inherited from the listener on Linux, set here
-/// elsewhere.
+/// The socket options of one accepted connection, where the listener's are not inherited.
 fn tune(stream: &TcpStream) {
-    if !cfg!(target_os = "linux") {
-        let _ = socket_options(SockRef::from(stream));
-    }
+    let _ = socket_options(SockRef::from(stream));
 }
 
 /// Answers a connection that is not admitted with one `ERROR:` line, then closes it.
@@ -302,11 +306,14 @@ mod tests {
     #[tokio::test]
     async fn an_accepted_socket_has_the_listeners_options() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        tune_listener(&listener);
+        let inherited = tune_listener(&listener);
+        assert_eq!(inherited, cfg!(target_os = "linux"));
         let addr = listener.local_addr().unwrap();
         let _client = TcpStream::connect(addr).await.unwrap();
         let (stream, _) = listener.accept().await.unwrap();
-        tune(&stream);
+        if !inherited {
+            tune(&stream);
+        }
         let socket = SockRef::from(&stream);
         assert!(socket.tcp_nodelay().unwrap());
         assert!(socket.keepalive().unwrap());
