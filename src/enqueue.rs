@@ -5,10 +5,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::bus::{Bus, BusError, Carried, Note, Post};
+use crate::enqueue_merge::Merger;
 use crate::protocol::names::Name;
-use crate::store::{
-    MessageStatus, NewMessage, NewPost, RoomKind, RoomMessage, Store, StoreError, Stored,
-};
+use crate::store::{MessageStatus, NewPost, RoomKind, RoomMessage, Store, StoreError, Stored};
 use crate::ClientId;
 
 pub use crate::store::{MessageOptions, MessageState};
@@ -129,6 +128,8 @@ pub fn validate_options(options: &MessageOptions) -> Result<(), InvalidMessage> 
 /// Enqueues messages: MySQL first (the commit is the promise), then a Redis notification.
 pub struct Enqueuer {
     store: Store,
+    /// Enqueues go through it: overlapping calls share a transaction.
+    merger: Merger,
     bus: Option<Bus>,
     max_bytes: usize,
     dedupe_window: Duration,
@@ -139,6 +140,7 @@ impl Enqueuer {
     /// notification and delivered by the node's sweep or on the client's next connect.
     pub fn new(store: Store, bus: Option<Bus>, max_bytes: usize) -> Enqueuer {
         Enqueuer {
+            merger: Merger::new(store.clone(), DEFAULT_DEDUPE_WINDOW),
             store,
             bus,
             max_bytes: max_bytes.min(MAX_BYTES_CEILING),
@@ -150,6 +152,7 @@ impl Enqueuer {
     /// [`MAX_DEDUPE_WINDOW`]).
     pub fn with_dedupe_window(mut self, window: Duration) -> Enqueuer {
         self.dedupe_window = window.min(MAX_DEDUPE_WINDOW);
+        self.merger.set_dedupe_window(self.dedupe_window);
         self
     }
 
@@ -169,14 +172,9 @@ impl Enqueuer {
     ) -> Result<Enqueued, EnqueueError> {
         validate(text, self.max_bytes)?;
         validate_options(options)?;
-        let item = NewMessage {
-            client,
-            body: text.as_bytes(),
-            options,
-        };
         let stored = self
-            .store
-            .enqueue_batch(&[item], self.dedupe_window)
+            .merger
+            .enqueue(vec![(client, text.as_bytes().to_vec())], options)
             .await?
             .pop()
             .flatten()
@@ -268,21 +266,13 @@ impl Enqueuer {
                 validate(text, self.max_bytes)
             })
             .collect();
-        let valid: Vec<NewMessage<'_>> = items
+        let valid: Vec<(ClientId, Vec<u8>)> = items
             .iter()
             .zip(&checked)
             .filter(|(_, ok)| ok.is_ok())
-            .map(|((id, text), _)| NewMessage {
-                client: *id,
-                body: text.as_bytes(),
-                options,
-            })
+            .map(|((id, text), _)| (*id, text.as_bytes().to_vec()))
             .collect();
-        let mut stored = self
-            .store
-            .enqueue_batch(&valid, self.dedupe_window)
-            .await?
-            .into_iter();
+        let mut stored = self.merger.enqueue(valid, options).await?.into_iter();
         let results: Vec<Result<Stored, EnqueueError>> = items
             .iter()
             .zip(checked)

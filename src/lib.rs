@@ -32,6 +32,7 @@ pub mod config;
 pub mod config_file;
 pub mod delivery;
 pub mod enqueue;
+pub mod enqueue_merge;
 pub mod hex;
 pub mod http;
 pub mod hub;

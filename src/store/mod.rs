@@ -11,6 +11,7 @@ use crate::ClientId;
 
 mod accounts;
 mod admin;
+mod heads;
 mod history;
 mod liveness;
 mod migrate;
@@ -204,6 +205,8 @@ pub struct SweepRow {
 #[derive(Clone)]
 pub struct Store {
     pool: Pool,
+    /// Queue heads this process committed last (see `heads`).
+    heads: heads::Heads,
 }
 
 impl Store {
@@ -234,6 +237,7 @@ impl Store {
             );
         Ok(Store {
             pool: Pool::new(opts),
+            heads: heads::Heads::default(),
         })
     }
 

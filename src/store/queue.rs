@@ -80,6 +80,9 @@ impl Store {
         );
         let rows: Vec<(Option<u64>, Option<u64>)> = self.script(sql).await?;
         let row = rows.into_iter().next();
+        if let Some((Some(seq), _)) = row {
+            self.heads.record([(id, seq)]);
+        }
         Ok(match row {
             Some((Some(seq), Some(id))) => Some(Stored {
                 id,
@@ -110,6 +113,25 @@ impl Store {
             }
             _ => {}
         }
+        // With the heads this process left (when it knows them all), then, if one had moved,
+        // again with a read of them.
+        for guess in [true, false] {
+            if let Some(stored) = self.enqueue_batch_tx(items, dedupe_window, guess).await? {
+                return Ok(stored);
+            }
+        }
+        Err(StoreError::Shared("enqueue: no attempt completed".into()))
+    }
+
+    /// One transaction of [`Store::enqueue_batch`]. With `guess`, the queue heads are moved by a
+    /// conditional update from the heads this process committed last (see `heads`); `None` when
+    /// one had moved since (the transaction was rolled back, nothing is stored).
+    async fn enqueue_batch_tx(
+        &self,
+        items: &[NewMessage<'_>],
+        dedupe_window: Duration,
+        guess: bool,
+    ) -> Result<Option<Vec<Option<Stored>>>, StoreError> {
         let all: Vec<ClientId> = {
             let mut ids: Vec<ClientId> = items.iter().map(|m| m.client).collect();
             ids.sort_unstable();
@@ -180,7 +202,7 @@ impl Store {
             }
             if counts.is_empty() {
                 tx.rollback().await?;
-                return Ok(resolve(earlier, repeats, vec![None; items.len()]));
+                return Ok(Some(resolve(earlier, repeats, vec![None; items.len()])));
             }
             let ids: Vec<ClientId> = counts.keys().copied().collect();
             let list = hex_list(&ids);
@@ -196,7 +218,42 @@ impl Store {
                  FROM clients WHERE id IN ({list})"
             );
             let mut before: Option<Vec<SeqRow>> = None;
-            if by_count.len() > 1 && !locked {
+            // Moved already, by the conditional update from this process's last heads.
+            let mut moved = false;
+            if let Some(guesses) = (guess && !locked).then(|| self.heads.guess(&ids)).flatten() {
+                // Every head moved in one statement (key order, like the locking read) if it is
+                // still where this process left it; the server's auto-increment settings in the
+                // same round trip.
+                let tuples = ids
+                    .iter()
+                    .zip(&guesses)
+                    .map(|(id, last)| format!("(X'{}', {last})", hex(id.as_bytes())))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let checked: Vec<(i64, u64, u64)> = all_rows(
+                    &mut tx,
+                    format!(
+                        "UPDATE clients SET last_seq = last_seq + {} WHERE (id, last_seq) IN ({tuples}); \
+                         SELECT ROW_COUNT(), @@innodb_autoinc_lock_mode, @@auto_increment_increment",
+                        increment(&by_count)
+                    ),
+                )
+                .await?;
+                match checked.first() {
+                    Some(&(count, mode, step)) if count == ids.len() as i64 => {
+                        let rows = ids.iter().zip(guesses);
+                        before = Some(rows.map(|(id, last)| (id.as_bytes().to_vec(), last, mode, step)).collect());
+                        moved = true;
+                    }
+                    _ => {
+                        // A head had moved (or a client is gone): nothing of this is kept.
+                        tx.rollback().await?;
+                        self.heads.forget(&ids);
+                        return Ok(None);
+                    }
+                }
+            }
+            if before.is_none() && by_count.len() > 1 && !locked {
                 // Row locks on every client of the batch, in one statement (key order, so two
                 // batches never deadlock): seqs are in commit order. The locking read sees the
                 // latest committed last_seq, which only this transaction changes from here on.
@@ -204,19 +261,22 @@ impl Store {
             }
             // The updates, and the read after them when there was none before, in one round
             // trip: the row locks are held for as few round trips as can be.
-            let mut statements: Vec<String> = by_count
-                .iter()
-                .map(|(n, ids)| {
-                    format!(
-                        "UPDATE clients SET last_seq = last_seq + {n} WHERE id IN ({})",
-                        hex_list(ids)
-                    )
-                })
-                .collect();
-            if before.is_none() {
-                statements.push(read);
+            let mut after: Vec<SeqRow> = Vec::new();
+            if !moved {
+                let mut statements: Vec<String> = by_count
+                    .iter()
+                    .map(|(n, ids)| {
+                        format!(
+                            "UPDATE clients SET last_seq = last_seq + {n} WHERE id IN ({})",
+                            hex_list(ids)
+                        )
+                    })
+                    .collect();
+                if before.is_none() {
+                    statements.push(read);
+                }
+                after = all_rows(&mut tx, statements.join("; ")).await?;
             }
-            let after: Vec<SeqRow> = all_rows(&mut tx, statements.join("; ")).await?;
             let read_before = before.is_some();
             let rows = before.unwrap_or(after);
             let step = rows.first().map_or(0, |r| id_step_of(r.2, r.3));
@@ -353,6 +413,8 @@ impl Store {
                 .await?;
             }
             tx.commit().await?;
+            // The heads as committed, for this process's next batch (see `heads`).
+            self.heads.record(next.iter().map(|(id, seq)| (*id, seq - 1)));
             let stored: Vec<Option<Stored>> = items
                 .iter()
                 .zip(planned)
@@ -367,10 +429,28 @@ impl Store {
                     })
                 })
                 .collect();
-            Ok(resolve(earlier, repeats, stored))
+            Ok(Some(resolve(earlier, repeats, stored)))
         })
         .await
     }
+}
+
+/// What to add to each client's `last_seq`, as one SQL expression over `id`: its count of new
+/// messages. The most common count is the default; the others are `IN` lists, which MariaDB
+/// searches as sorted arrays (a few arms per row, not one arm per client).
+fn increment(by_count: &BTreeMap<u64, Vec<ClientId>>) -> String {
+    let Some((&common, _)) = by_count.iter().max_by_key(|(_, ids)| ids.len()) else {
+        return "0".into();
+    };
+    if by_count.len() == 1 {
+        return common.to_string();
+    }
+    let arms: String = by_count
+        .iter()
+        .filter(|(n, _)| **n != common)
+        .map(|(n, ids)| format!("WHEN id IN ({}) THEN {n} ", hex_list(ids)))
+        .collect();
+    format!("CASE {arms}ELSE {common} END")
 }
 
 /// The result per item: its own new message, or the earlier one it repeats (a dedupe hit).
