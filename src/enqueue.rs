@@ -139,6 +139,7 @@ impl Enqueuer {
     /// `bus` may be `None` when Redis is unreachable: messages are then stored without a
     /// notification and delivered by the node's sweep or on the client's next connect.
     pub fn new(store: Store, bus: Option<Bus>, max_bytes: usize) -> Enqueuer {
+        let store = store.remembering_heads();
         Enqueuer {
             merger: Merger::new(store.clone(), DEFAULT_DEDUPE_WINDOW),
             store,

@@ -15,7 +15,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use tracing::warn;
 
 use crate::store::{MessageOptions, NewMessage, Store, StoreError, Stored};
@@ -23,6 +23,8 @@ use crate::ClientId;
 
 /// Most messages one shared transaction takes; a single larger call still goes alone.
 pub const MAX_ITEMS: usize = 5_000;
+/// Messages that may wait in the queue of one enqueuer; beyond that, calls wait for room.
+const QUEUED: usize = 50_000;
 /// Single messages stored on their own at once; more than this queue and share transactions.
 const ALONE: usize = 4;
 /// Longest wait for a call's results: the transactions queued ahead of it and its own, each
@@ -38,6 +40,8 @@ struct Call {
     options: MessageOptions,
     items: Vec<(ClientId, Vec<u8>)>,
     reply: Reply,
+    /// Its room in the queue, given back when the call is answered.
+    _room: Option<OwnedSemaphorePermit>,
 }
 
 #[derive(Default)]
@@ -54,6 +58,8 @@ pub struct Merger {
     store: Store,
     dedupe_window: Duration,
     queue: Arc<Mutex<Queue>>,
+    /// Messages that may wait in the queue: a call waits for room ([`QUEUED`]).
+    room: Arc<Semaphore>,
 }
 
 impl Merger {
@@ -62,6 +68,7 @@ impl Merger {
             store,
             dedupe_window,
             queue: Arc::default(),
+            room: Arc::new(Semaphore::new(QUEUED)),
         }
     }
 
@@ -94,6 +101,14 @@ impl Merger {
                 }
             }
         }
+        // Room in the queue first (a call larger than the queue takes all of it).
+        let wanted = u32::try_from(items.len().min(QUEUED)).unwrap_or(u32::MAX);
+        let room =
+            match tokio::time::timeout(WAIT, self.room.clone().acquire_many_owned(wanted)).await {
+                Ok(Ok(room)) => Some(room),
+                Ok(Err(_)) => return Err(StoreError::BatcherGone),
+                Err(_) => return Err(StoreError::Timeout(WAIT)),
+            };
         let (reply, answer) = oneshot::channel();
         let start = {
             let mut queue = lock(&self.queue);
@@ -101,6 +116,7 @@ impl Merger {
                 options: options.clone(),
                 items,
                 reply,
+                _room: room,
             });
             !std::mem::replace(&mut queue.running, true)
         };
@@ -171,6 +187,12 @@ fn take(queue: &mut Queue) -> Vec<Call> {
     let mut taken = Vec::new();
     let mut count = 0;
     while let Some(next) = queue.calls.front() {
+        if next.reply.is_closed() {
+            // Its caller is gone (dropped, timed out) before it was taken: nothing of it is
+            // stored, as if the call had not been made.
+            queue.calls.pop_front();
+            continue;
+        }
         if !taken.is_empty() && count + next.items.len() > MAX_ITEMS {
             break;
         }
@@ -228,11 +250,20 @@ fn answer(calls: Vec<Call>, result: Results) {
         Err(e) => {
             let count: usize = calls.iter().map(|c| c.items.len()).sum();
             warn!(error = %e, calls = calls.len(), count, "shared enqueue transaction failed");
-            let text = e.to_string();
             for call in calls {
-                let _ = call.reply.send(Err(StoreError::Shared(text.clone())));
+                let _ = call.reply.send(Err(shared(&e)));
             }
         }
+    }
+}
+
+/// The failure of a shared transaction, for each of its calls: its kind where it has one that
+/// callers act on (a timeout: the outcome is unknown; a missing schema), else its text.
+fn shared(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::Timeout(limit) => StoreError::Timeout(*limit),
+        StoreError::NoSchema => StoreError::NoSchema,
+        other => StoreError::Shared(other.to_string()),
     }
 }
 
@@ -251,6 +282,7 @@ mod tests {
                 options,
                 items,
                 reply,
+                _room: None,
             },
             answer,
         )
@@ -259,8 +291,11 @@ mod tests {
     #[test]
     fn a_transaction_takes_queued_calls_up_to_the_bound_and_at_least_one() {
         let mut queue = Queue::default();
+        let mut answers = Vec::new();
         for n in [MAX_ITEMS + 1, 2_000, 2_000, 1_001, 3] {
-            queue.calls.push_back(call(n).0);
+            let (call, answer) = call(n);
+            queue.calls.push_back(call);
+            answers.push(answer);
         }
         let sizes = |calls: Vec<Call>| calls.iter().map(|c| c.items.len()).collect::<Vec<_>>();
         assert_eq!(sizes(take(&mut queue)), vec![MAX_ITEMS + 1]);
@@ -292,7 +327,13 @@ mod tests {
         let (b, mut got_b) = call(1);
         answer(vec![a, b], Err(StoreError::Timeout(Duration::from_secs(1))));
         for got in [got_a.try_recv(), got_b.try_recv()] {
-            assert!(matches!(got, Ok(Err(StoreError::Shared(t))) if t.contains("did not answer")));
+            assert!(matches!(got, Ok(Err(StoreError::Timeout(_)))));
+        }
+        let (a, mut got_a) = call(1);
+        let (b, mut got_b) = call(1);
+        answer(vec![a, b], Err(StoreError::BatcherGone));
+        for got in [got_a.try_recv(), got_b.try_recv()] {
+            assert!(matches!(got, Ok(Err(StoreError::Shared(t))) if t.contains("stopped")));
         }
     }
 
@@ -329,5 +370,21 @@ mod tests {
             got.try_recv(),
             Err(oneshot::error::TryRecvError::Closed)
         ));
+    }
+
+    #[test]
+    fn a_call_whose_caller_is_gone_is_not_taken() {
+        let mut queue = Queue::default();
+        let (gone, answer) = call(3);
+        drop(answer);
+        let (kept, _answer) = call(2);
+        queue.calls.push_back(gone);
+        queue.calls.push_back(kept);
+        let taken = take(&mut queue);
+        assert_eq!(
+            taken.iter().map(|c| c.items.len()).collect::<Vec<_>>(),
+            vec![2]
+        );
+        assert!(queue.calls.is_empty());
     }
 }

@@ -8,6 +8,7 @@
 //! again with the read. A guess is never trusted unchecked.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::ClientId;
@@ -16,38 +17,82 @@ use crate::ClientId;
 /// a forgotten head costs one read).
 const CAPACITY: usize = 65_536;
 
-/// Shared by the clones of one [`super::Store`].
+/// What MariaDB's plan for the conditional update is: not asked yet, a range on the primary key
+/// (the heads are used), anything else (they are not: a scan would lock every client).
+const PLAN_UNKNOWN: u8 = 0;
+const PLAN_RANGE: u8 = 1;
+const PLAN_OTHER: u8 = 2;
+
+/// Shared by the clones of one [`super::Store`]; empty and unused unless the store was made to
+/// remember heads (a producer's: [`super::Store::remembering_heads`]).
 #[derive(Clone, Default)]
-pub(super) struct Heads(Arc<Mutex<HashMap<ClientId, u64>>>);
+pub(super) struct Heads {
+    map: Option<Arc<Mutex<HashMap<ClientId, u64>>>>,
+    plan: Arc<AtomicU8>,
+}
 
 impl Heads {
-    fn map(&self) -> MutexGuard<'_, HashMap<ClientId, u64>> {
-        // A map of guesses is usable after any panic: each is checked before it is used.
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    /// Heads that are remembered.
+    pub(super) fn enabled() -> Heads {
+        Heads {
+            map: Some(Arc::default()),
+            plan: Arc::default(),
+        }
     }
 
-    /// The last committed `last_seq` of every id, in order; `None` unless all are known.
+    fn map(&self) -> Option<MutexGuard<'_, HashMap<ClientId, u64>>> {
+        // A map of guesses is usable after any panic: each is checked before it is used.
+        let map = self.map.as_ref()?;
+        Some(map.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// The last committed `last_seq` of every id, in order; `None` unless all are known (and
+    /// the plan is not known to be other than a range).
     pub(super) fn guess(&self, ids: &[ClientId]) -> Option<Vec<u64>> {
-        let map = self.map();
+        if self.plan.load(Ordering::Relaxed) == PLAN_OTHER {
+            return None;
+        }
+        let map = self.map()?;
         ids.iter().map(|id| map.get(id).copied()).collect()
     }
 
-    /// Remembers heads just committed.
+    /// Whether MariaDB's plan for the conditional update still has to be asked.
+    pub(super) fn plan_unknown(&self) -> bool {
+        self.plan.load(Ordering::Relaxed) == PLAN_UNKNOWN
+    }
+
+    /// Whether MariaDB plans the conditional update as a range read of the primary key.
+    pub(super) fn plan_is_range(&self) -> bool {
+        self.plan.load(Ordering::Relaxed) == PLAN_RANGE
+    }
+
+    /// Records MariaDB's plan: a range on the primary key, or not (then heads are not used).
+    pub(super) fn set_plan(&self, range: bool) {
+        let plan = if range { PLAN_RANGE } else { PLAN_OTHER };
+        self.plan.store(plan, Ordering::Relaxed);
+    }
+
+    /// Remembers heads just committed. A head only moves forward: commits of one process can
+    /// be recorded out of order (a single beside a batch), and the later head is the true one.
     pub(super) fn record(&self, heads: impl IntoIterator<Item = (ClientId, u64)>) {
-        let mut map = self.map();
+        let Some(mut map) = self.map() else {
+            return;
+        };
         for (id, last_seq) in heads {
             if map.len() >= CAPACITY && !map.contains_key(&id) {
                 map.clear();
             }
-            map.insert(id, last_seq);
+            let head = map.entry(id).or_insert(last_seq);
+            *head = (*head).max(last_seq);
         }
     }
 
     /// Forgets heads that turned out wrong.
     pub(super) fn forget(&self, ids: &[ClientId]) {
-        let mut map = self.map();
-        for id in ids {
-            map.remove(id);
+        if let Some(mut map) = self.map() {
+            for id in ids {
+                map.remove(id);
+            }
         }
     }
 }
@@ -58,7 +103,7 @@ mod tests {
 
     #[test]
     fn a_guess_needs_every_head() {
-        let heads = Heads::default();
+        let heads = Heads::enabled();
         let (a, b) = (ClientId::random(), ClientId::random());
         assert_eq!(heads.guess(&[a]), None);
         heads.record([(a, 7)]);
@@ -66,6 +111,9 @@ mod tests {
         assert_eq!(heads.guess(&[a, b]), None);
         heads.record([(b, 3), (a, 9)]);
         assert_eq!(heads.guess(&[b, a]), Some(vec![3, 9]));
+        // Recorded out of order, a head keeps the later value.
+        heads.record([(a, 8)]);
+        assert_eq!(heads.guess(&[a]), Some(vec![9]));
         heads.forget(&[a]);
         assert_eq!(heads.guess(&[a, b]), None);
         assert_eq!(heads.guess(&[b]), Some(vec![3]));
@@ -73,8 +121,24 @@ mod tests {
 
     #[test]
     fn the_memory_is_bounded() {
-        let heads = Heads::default();
+        let heads = Heads::enabled();
         heads.record((0..CAPACITY + 10).map(|n| (ClientId::random(), n as u64)));
-        assert!(heads.map().len() <= CAPACITY);
+        assert!(heads.map().unwrap().len() <= CAPACITY);
+    }
+
+    #[test]
+    fn nothing_is_remembered_unless_asked_or_with_another_plan() {
+        let id = ClientId::random();
+        let off = Heads::default();
+        off.record([(id, 1)]);
+        assert_eq!(off.guess(&[id]), None);
+        let on = Heads::enabled();
+        on.record([(id, 1)]);
+        assert!(on.plan_unknown());
+        on.set_plan(false);
+        assert_eq!(on.guess(&[id]), None);
+        on.set_plan(true);
+        assert!(on.plan_is_range());
+        assert_eq!(on.guess(&[id]), Some(vec![1]));
     }
 }

@@ -241,6 +241,13 @@ impl Store {
         })
     }
 
+    /// This store remembers the queue heads it commits, to move them next time without a read
+    /// (a producer's store: `heads`).
+    pub fn remembering_heads(mut self) -> Store {
+        self.heads = heads::Heads::enabled();
+        self
+    }
+
     /// Checks that the server answers.
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.timed(async {

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use mysql_async::prelude::*;
 use mysql_async::TxOpts;
+use tracing::warn;
 
 use super::{all_rows, hex, hex_list, NewMessage, Store, StoreError, Stored};
 use crate::ClientId;
@@ -230,26 +231,43 @@ impl Store {
                     .map(|(id, last)| format!("(X'{}', {last})", hex(id.as_bytes())))
                     .collect::<Vec<_>>()
                     .join(", ");
-                let checked: Vec<(i64, u64, u64)> = all_rows(
-                    &mut tx,
-                    format!(
-                        "UPDATE clients SET last_seq = last_seq + {} WHERE (id, last_seq) IN ({tuples}); \
-                         SELECT ROW_COUNT(), @@innodb_autoinc_lock_mode, @@auto_increment_increment",
-                        increment(&by_count)
-                    ),
-                )
-                .await?;
-                match checked.first() {
-                    Some(&(count, mode, step)) if count == ids.len() as i64 => {
-                        let rows = ids.iter().zip(guesses);
-                        before = Some(rows.map(|(id, last)| (id.as_bytes().to_vec(), last, mode, step)).collect());
-                        moved = true;
+                let update = format!(
+                    "UPDATE clients SET last_seq = last_seq + {} WHERE (id, last_seq) IN ({tuples})",
+                    increment(&by_count)
+                );
+                if self.heads.plan_unknown() {
+                    // Once per process: a server that could not read `(id, last_seq) IN (...)` as
+                    // ranges of the primary key would scan, and lock, every client. Asked of a
+                    // million-row sequence, so that the answer does not depend on how many
+                    // clients there are yet.
+                    let plan: Vec<mysql_async::Row> = tx.query(ROW_IN_PROBE).await?;
+                    let range = plan.first().is_some_and(is_primary_range);
+                    if !range {
+                        warn!("MariaDB plans (a, b) IN (...) without ranges: queue heads are read in every batch");
                     }
-                    _ => {
-                        // A head had moved (or a client is gone): nothing of this is kept.
-                        tx.rollback().await?;
-                        self.heads.forget(&ids);
-                        return Ok(None);
+                    self.heads.set_plan(range);
+                }
+                if self.heads.plan_is_range() {
+                    let checked: Vec<(i64, u64, u64)> = all_rows(
+                        &mut tx,
+                        format!(
+                            "{update}; \
+                             SELECT ROW_COUNT(), @@innodb_autoinc_lock_mode, @@auto_increment_increment"
+                        ),
+                    )
+                    .await?;
+                    match checked.first() {
+                        Some(&(count, mode, step)) if count == ids.len() as i64 => {
+                            let rows = ids.iter().zip(guesses);
+                            before = Some(rows.map(|(id, last)| (id.as_bytes().to_vec(), last, mode, step)).collect());
+                            moved = true;
+                        }
+                        _ => {
+                            // A head had moved (or a client is gone): nothing of this is kept.
+                            tx.rollback().await?;
+                            self.heads.forget(&ids);
+                            return Ok(None);
+                        }
                     }
                 }
             }
@@ -310,7 +328,7 @@ impl Store {
             // Ids of a multi-row INSERT are consecutive (by the auto-increment step) when
             // innodb_autoinc_lock_mode <= 1 (MariaDB's default); otherwise they are read back.
             let mut ids_by_key: HashMap<(ClientId, u64), u64> = HashMap::with_capacity(rows.len());
-            for chunk in rows.chunks(1000) {
+            for chunk in insert_chunks(&rows) {
                 let (columns, row) = if extra {
                     (
                         "client_id, seq, body, expires_at, collapse_key",
@@ -433,6 +451,47 @@ impl Store {
         })
         .await
     }
+}
+
+/// The shape of the conditional update (the key, then another column, in a row `IN`) over a
+/// table of a million rows: its plan is a range read of 2 rows where the server can plan it so.
+const ROW_IN_PROBE: &str =
+    "EXPLAIN SELECT seq FROM seq_1_to_1000000 WHERE (seq, seq + 0) IN ((1, 1), (2, 2))";
+
+/// Whether a row of `EXPLAIN` is a range read of the primary key.
+fn is_primary_range(row: &mysql_async::Row) -> bool {
+    let column = |name: &str| row.get_opt::<String, _>(name).and_then(Result::ok);
+    column("type").as_deref() == Some("range") && column("key").as_deref() == Some("PRIMARY")
+}
+
+/// Rows of one multi-row `INSERT` at most, and their bodies' bytes (a row longer than that goes
+/// alone): one round trip for the usual batch, well within `max_allowed_packet`.
+const INSERT_ROWS: usize = 2_500;
+const INSERT_BYTES: usize = 4 << 20;
+
+/// `rows` cut into consecutive runs within [`INSERT_ROWS`] and [`INSERT_BYTES`], each at least one
+/// row.
+fn insert_chunks<'r, 'm>(
+    rows: &'r [(&'m NewMessage<'m>, u64)],
+) -> impl Iterator<Item = &'r [(&'m NewMessage<'m>, u64)]> {
+    let mut rest = rows;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut bytes = 0;
+        let mut end = 0;
+        while end < rest.len().min(INSERT_ROWS) {
+            bytes += rest[end].0.body.len();
+            if end > 0 && bytes > INSERT_BYTES {
+                break;
+            }
+            end += 1;
+        }
+        let (chunk, tail) = rest.split_at(end);
+        rest = tail;
+        Some(chunk)
+    })
 }
 
 /// What to add to each client's `last_seq`, as one SQL expression over `id`: its count of new
