@@ -7,10 +7,11 @@
 //! had moved (another producer, a node's direct message), the transaction is rolled back and runs
 //! again with the read. A guess is never trusted unchecked.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use super::hex_list;
 use crate::ClientId;
 
 /// Clients remembered at most; when full, the memory starts over (a bound, not a cache policy:
@@ -97,6 +98,35 @@ impl Heads {
     }
 }
 
+/// The shape of the conditional update (the key, then another column, in a row `IN`) over a
+/// table of a million rows: its plan is a range read of 2 rows where the server can plan it so.
+pub(super) const ROW_IN_PROBE: &str =
+    "EXPLAIN SELECT seq FROM seq_1_to_1000000 WHERE (seq, seq + 0) IN ((1, 1), (2, 2))";
+
+/// Whether a row of `EXPLAIN` is a range read of the primary key.
+pub(super) fn is_primary_range(row: &mysql_async::Row) -> bool {
+    let column = |name: &str| row.get_opt::<String, _>(name).and_then(Result::ok);
+    column("type").as_deref() == Some("range") && column("key").as_deref() == Some("PRIMARY")
+}
+
+/// What to add to each client's `last_seq`, as one SQL expression over `id`: its count of new
+/// messages. The most common count is the default; the others are `IN` lists, which MariaDB
+/// searches as sorted arrays (a few arms per row, not one arm per client).
+pub(super) fn increment(by_count: &BTreeMap<u64, Vec<ClientId>>) -> String {
+    let Some((&common, _)) = by_count.iter().max_by_key(|(_, ids)| ids.len()) else {
+        return "0".into();
+    };
+    if by_count.len() == 1 {
+        return common.to_string();
+    }
+    let arms: String = by_count
+        .iter()
+        .filter(|(n, _)| **n != common)
+        .map(|(n, ids)| format!("WHEN id IN ({}) THEN {n} ", hex_list(ids)))
+        .collect();
+    format!("CASE {arms}ELSE {common} END")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,5 +170,16 @@ mod tests {
         on.set_plan(true);
         assert!(on.plan_is_range());
         assert_eq!(on.guess(&[id]), Some(vec![1]));
+    }
+
+    #[test]
+    fn the_increment_is_one_number_or_an_arm_per_other_count() {
+        let (a, b, c) = (ClientId::random(), ClientId::random(), ClientId::random());
+        let one: BTreeMap<u64, Vec<ClientId>> = [(2, vec![a, b])].into_iter().collect();
+        assert_eq!(increment(&one), "2");
+        let mixed: BTreeMap<u64, Vec<ClientId>> =
+            [(1, vec![a]), (2, vec![b, c])].into_iter().collect();
+        let lit = |id: ClientId| format!("X'{}'", crate::hex::hex(id.as_bytes()));
+        assert_eq!(increment(&mixed), format!("CASE WHEN id IN ({}) THEN 1 ELSE 2 END", lit(a)));
     }
 }

@@ -7,7 +7,7 @@ use mysql_async::prelude::*;
 use mysql_async::TxOpts;
 use tracing::warn;
 
-use super::{all_rows, hex, hex_list, NewMessage, Store, StoreError, Stored};
+use super::{all_rows, heads, hex, hex_list, NewMessage, Store, StoreError, Stored};
 use crate::ClientId;
 
 /// A client's id and last_seq, with the server's `innodb_autoinc_lock_mode` and
@@ -95,8 +95,9 @@ impl Store {
         })
     }
 
-    /// Appends many messages, for many clients, in one transaction: one `UPDATE` of the client rows,
-    /// one multi-row `INSERT` per 1,000 messages, and only for the items that ask for them, one
+    /// Appends many messages, for many clients, in one transaction: one `UPDATE` of the client rows
+    /// (from the heads this process left, when it knows them: see `heads`), one multi-row `INSERT`
+    /// per [`INSERT_ROWS`] messages or [`INSERT_BYTES`] of bodies, and only for the items that ask for them, one
     /// dedupe lookup and insert, and per collapse key one `UPDATE` and one `INSERT`. The result has one entry per
     /// item, in order; `None` for an item whose client does not exist (nothing is stored for it).
     /// A dedupe key seen for the client within `dedupe_window` stores nothing and returns the
@@ -233,15 +234,15 @@ impl Store {
                     .join(", ");
                 let update = format!(
                     "UPDATE clients SET last_seq = last_seq + {} WHERE (id, last_seq) IN ({tuples})",
-                    increment(&by_count)
+                    heads::increment(&by_count)
                 );
                 if self.heads.plan_unknown() {
                     // Once per process: a server that could not read `(id, last_seq) IN (...)` as
                     // ranges of the primary key would scan, and lock, every client. Asked of a
                     // million-row sequence, so that the answer does not depend on how many
                     // clients there are yet.
-                    let plan: Vec<mysql_async::Row> = tx.query(ROW_IN_PROBE).await?;
-                    let range = plan.first().is_some_and(is_primary_range);
+                    let plan: Vec<mysql_async::Row> = tx.query(heads::ROW_IN_PROBE).await?;
+                    let range = plan.first().is_some_and(heads::is_primary_range);
                     if !range {
                         warn!("MariaDB plans (a, b) IN (...) without ranges: queue heads are read in every batch");
                     }
@@ -453,17 +454,6 @@ impl Store {
     }
 }
 
-/// The shape of the conditional update (the key, then another column, in a row `IN`) over a
-/// table of a million rows: its plan is a range read of 2 rows where the server can plan it so.
-const ROW_IN_PROBE: &str =
-    "EXPLAIN SELECT seq FROM seq_1_to_1000000 WHERE (seq, seq + 0) IN ((1, 1), (2, 2))";
-
-/// Whether a row of `EXPLAIN` is a range read of the primary key.
-fn is_primary_range(row: &mysql_async::Row) -> bool {
-    let column = |name: &str| row.get_opt::<String, _>(name).and_then(Result::ok);
-    column("type").as_deref() == Some("range") && column("key").as_deref() == Some("PRIMARY")
-}
-
 /// Rows of one multi-row `INSERT` at most, and their bodies' bytes (a row longer than that goes
 /// alone): one round trip for the usual batch, well within `max_allowed_packet`.
 const INSERT_ROWS: usize = 2_500;
@@ -492,24 +482,6 @@ fn insert_chunks<'r, 'm>(
         rest = tail;
         Some(chunk)
     })
-}
-
-/// What to add to each client's `last_seq`, as one SQL expression over `id`: its count of new
-/// messages. The most common count is the default; the others are `IN` lists, which MariaDB
-/// searches as sorted arrays (a few arms per row, not one arm per client).
-fn increment(by_count: &BTreeMap<u64, Vec<ClientId>>) -> String {
-    let Some((&common, _)) = by_count.iter().max_by_key(|(_, ids)| ids.len()) else {
-        return "0".into();
-    };
-    if by_count.len() == 1 {
-        return common.to_string();
-    }
-    let arms: String = by_count
-        .iter()
-        .filter(|(n, _)| **n != common)
-        .map(|(n, ids)| format!("WHEN id IN ({}) THEN {n} ", hex_list(ids)))
-        .collect();
-    format!("CASE {arms}ELSE {common} END")
 }
 
 /// The result per item: its own new message, or the earlier one it repeats (a dedupe hit).
