@@ -180,6 +180,9 @@ mod tests {
         let mixed: BTreeMap<u64, Vec<ClientId>> =
             [(1, vec![a]), (2, vec![b, c])].into_iter().collect();
         let lit = |id: ClientId| format!("X'{}'", crate::hex::hex(id.as_bytes()));
-        assert_eq!(increment(&mixed), format!("CASE WHEN id IN ({}) THEN 1 ELSE 2 END", lit(a)));
+        assert_eq!(
+            increment(&mixed),
+            format!("CASE WHEN id IN ({}) THEN 1 ELSE 2 END", lit(a))
+        );
     }
 }
