@@ -132,7 +132,6 @@ pub struct Enqueuer {
     merger: Merger,
     bus: Option<Bus>,
     max_bytes: usize,
-    dedupe_window: Duration,
 }
 
 impl Enqueuer {
@@ -145,15 +144,13 @@ impl Enqueuer {
             store,
             bus,
             max_bytes: max_bytes.min(MAX_BYTES_CEILING),
-            dedupe_window: DEFAULT_DEDUPE_WINDOW,
         }
     }
 
     /// How long a dedupe key is remembered (default [`DEFAULT_DEDUPE_WINDOW`], at most
     /// [`MAX_DEDUPE_WINDOW`]).
     pub fn with_dedupe_window(mut self, window: Duration) -> Enqueuer {
-        self.dedupe_window = window.min(MAX_DEDUPE_WINDOW);
-        self.merger.set_dedupe_window(self.dedupe_window);
+        self.merger.set_dedupe_window(window.min(MAX_DEDUPE_WINDOW));
         self
     }
 

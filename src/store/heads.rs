@@ -179,10 +179,9 @@ mod tests {
         assert_eq!(increment(&one), "2");
         let mixed: BTreeMap<u64, Vec<ClientId>> =
             [(1, vec![a]), (2, vec![b, c])].into_iter().collect();
-        let lit = |id: ClientId| format!("X'{}'", crate::hex::hex(id.as_bytes()));
         assert_eq!(
             increment(&mixed),
-            format!("CASE WHEN id IN ({}) THEN 1 ELSE 2 END", lit(a))
+            format!("CASE WHEN id IN ({}) THEN 1 ELSE 2 END", hex_list(&[a]))
         );
     }
 }

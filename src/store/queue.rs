@@ -7,6 +7,7 @@ use mysql_async::prelude::*;
 use mysql_async::TxOpts;
 use tracing::warn;
 
+use super::rooms::client_lit;
 use super::{all_rows, heads, hex, hex_list, NewMessage, Store, StoreError, Stored};
 use crate::ClientId;
 
@@ -229,7 +230,7 @@ impl Store {
                 let tuples = ids
                     .iter()
                     .zip(&guesses)
-                    .map(|(id, last)| format!("(X'{}', {last})", hex(id.as_bytes())))
+                    .map(|(id, last)| format!("({}, {last})", client_lit(id)))
                     .collect::<Vec<_>>()
                     .join(", ");
                 let update = format!(
