@@ -7,6 +7,7 @@ use mysql_async::prelude::*;
 use mysql_async::TxOpts;
 use tracing::warn;
 
+use super::one_trip::OneTrip;
 use super::rooms::client_lit;
 use super::{all_rows, heads, hex, hex_list, NewMessage, Store, StoreError, Stored};
 use crate::ClientId;
@@ -39,12 +40,21 @@ impl Store {
             let first = tx.last_insert_id().unwrap_or_default();
             return Ok((0..keys.len() as u64).map(|i| first + i * step).collect());
         }
+        Store::read_ids(tx, keys).await
+    }
+
+    /// The ids of the messages `keys` (queue id, seq), in order, read from `messages` (0 for
+    /// one not found).
+    pub(super) async fn read_ids(
+        conn: &mut impl Queryable,
+        keys: &[([u8; 16], u64)],
+    ) -> Result<Vec<u64>, mysql_async::Error> {
         let list = keys
             .iter()
             .map(|(queue, seq)| format!("(X'{}', {seq})", hex(queue)))
             .collect::<Vec<_>>()
             .join(", ");
-        let found: Vec<(Vec<u8>, u64, u64)> = tx
+        let found: Vec<(Vec<u8>, u64, u64)> = conn
             .query(format!(
                 "SELECT client_id, seq, id FROM messages WHERE (client_id, seq) IN ({list})"
             ))
@@ -116,9 +126,15 @@ impl Store {
             }
             _ => {}
         }
-        // With the heads this process left (when it knows them all), then, if one had moved,
-        // again with a read of them.
-        for guess in [true, false] {
+        // With the heads this process left (when it knows them all), in one round trip when
+        // the batch allows it; then, if one had moved, again with a read of them.
+        let mut guesses = [true, false].as_slice();
+        match self.enqueue_batch_one_trip(items).await? {
+            OneTrip::Stored(stored) => return Ok(stored),
+            OneTrip::Moved => guesses = &[false],
+            OneTrip::Unsuited => {}
+        }
+        for &guess in guesses {
             if let Some(stored) = self.enqueue_batch_tx(items, dedupe_window, guess).await? {
                 return Ok(stored);
             }
@@ -462,7 +478,7 @@ const INSERT_BYTES: usize = 4 << 20;
 
 /// `rows` cut into consecutive runs within [`INSERT_ROWS`] and [`INSERT_BYTES`], each at least one
 /// row.
-fn insert_chunks<'r, 'm>(
+pub(super) fn insert_chunks<'r, 'm>(
     rows: &'r [(&'m NewMessage<'m>, u64)],
 ) -> impl Iterator<Item = &'r [(&'m NewMessage<'m>, u64)]> {
     let mut rest = rows;

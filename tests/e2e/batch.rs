@@ -126,13 +126,19 @@ fn a_failed_enqueue_leaves_no_half_transaction_on_the_pooled_connection() {
     );
 }
 
-/// A producer moves the queue heads it committed last with one conditional update; a head that
-/// another producer moved in between is found out, and that batch runs again with a read. Either
-/// way every client's seqs stay contiguous, in item order, and as reported; counts that differ
-/// per client (one arm each) move each head by its own count.
+/// A producer moves the queue heads it committed last with one conditional update (once the
+/// plan is known, the whole batch in one round trip, whose check stops it with a `SIGNAL`); a head
+/// that another producer moved in between is found out, and that batch runs again with a read.
+/// Either way every client's seqs stay contiguous, in item order, and as reported; counts that
+/// differ per client (one arm each) move each head by its own count.
 #[test]
 fn heads_another_producer_moved_are_read_again_and_seqs_stay_contiguous() {
     let env = Env::new("bt_heads");
+    // The server's count of SIGNALs (shared with other tests' databases: it can only grow more).
+    let signals = || {
+        env.count("SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'COM_SIGNAL'")
+    };
+    let signals_before = signals();
     let a = env.node("a", &[]);
     let ids: Vec<ClientId> = a.register(3).iter().map(|id| id.parse().unwrap()).collect();
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -169,6 +175,10 @@ fn heads_another_producer_moved_are_read_again_and_seqs_stay_contiguous() {
         other.close().await;
     });
     assert_stored_as_reported(&env, &ids, &sent);
+    assert!(
+        signals() > signals_before,
+        "the stale head was not caught by the one-round-trip batch's check"
+    );
 }
 
 /// Calls that overlap on one enqueuer (single messages and batches, from many tasks) share
