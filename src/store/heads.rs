@@ -8,7 +8,7 @@
 //! again with the read. A guess is never trusted unchecked.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::hex_list;
@@ -30,6 +30,9 @@ const PLAN_OTHER: u8 = 2;
 pub(super) struct Heads {
     map: Option<Arc<Mutex<HashMap<ClientId, u64>>>>,
     plan: Arc<AtomicU8>,
+    /// The server's multi-row inserts get ids that are not consecutive: a batch cannot be one
+    /// round trip (`one_trip`), since its ids would have to be read back.
+    scattered_ids: Arc<AtomicBool>,
 }
 
 impl Heads {
@@ -37,7 +40,7 @@ impl Heads {
     pub(super) fn enabled() -> Heads {
         Heads {
             map: Some(Arc::default()),
-            plan: Arc::default(),
+            ..Heads::default()
         }
     }
 
@@ -71,6 +74,16 @@ impl Heads {
     pub(super) fn set_plan(&self, range: bool) {
         let plan = if range { PLAN_RANGE } else { PLAN_OTHER };
         self.plan.store(plan, Ordering::Relaxed);
+    }
+
+    /// Whether a batch with known heads may still go as one round trip.
+    pub(super) fn one_trip(&self) -> bool {
+        !self.scattered_ids.load(Ordering::Relaxed)
+    }
+
+    /// No more batches in one round trip: the server's insert ids are not consecutive.
+    pub(super) fn end_one_trip(&self) {
+        self.scattered_ids.store(true, Ordering::Relaxed);
     }
 
     /// Remembers heads just committed. A head only moves forward: commits of one process can

@@ -221,8 +221,9 @@ impl Store {
             // Affected rows = matched rows, so a fenced no-op update still proves ownership.
             .client_found_rows(true)
             // A statement that waits for a row lock gives up before our own query timeout, so
-            // MySQL does not keep running (and locking) what we have stopped waiting for.
-            .init(vec![format!(
+            // MySQL does not keep running (and locking) what we have stopped waiting for. A setup
+            // command, not an init one: it runs again after a reset (see `script`).
+            .setup(vec![format!(
                 "SET SESSION innodb_lock_wait_timeout = {}",
                 LOCK_WAIT_TIMEOUT.as_secs()
             )])
@@ -296,8 +297,10 @@ impl Store {
                 Ok(conn) => conn.map_err(StoreError::classify)?,
                 Err(_) => return Err(StoreError::Timeout(QUERY_TIMEOUT)),
             };
-            // Should this future be dropped half way, the pool resets the connection (which
-            // rolls back a transaction the script began) before anyone else gets it.
+            // Should this future be dropped half way, the pool reads the rest of the script's
+            // answers (the server runs it to its end: its COMMIT, or up to a failed statement)
+            // and then resets the connection, which rolls back a transaction left open, before
+            // anyone else gets it.
             conn.reset_connection(true);
             let run = all_rows::<T>(&mut conn, sql);
             match tokio::time::timeout_at(deadline, run).await {
@@ -307,7 +310,9 @@ impl Store {
                 }
                 Ok(Err(e)) => {
                     let undone = with_timeout(CLEANUP_TIMEOUT, conn.query_drop("ROLLBACK")).await;
-                    if !matches!(undone, Ok(Ok(()))) {
+                    if matches!(undone, Ok(Ok(()))) {
+                        conn.reset_connection(false);
+                    } else {
                         let _ = with_timeout(CLEANUP_TIMEOUT, conn.disconnect()).await;
                     }
                     Err(StoreError::classify(e))
@@ -402,5 +407,3 @@ mod tests {
         assert_eq!(hex(&[0, 15, 255]), "000fff");
     }
 }
-#[doc(hidden)]
-pub static ONE_TRIP_OFF: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);

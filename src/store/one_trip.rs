@@ -10,22 +10,32 @@
 //! the batch runs again the usual way, with a read.
 //!
 //! Only plain batches and batches with a TTL go this way (dedupe and collapse keys need answers
-//! from the server within the transaction), and only up to [`SCRIPT_BODY_BYTES`] of bodies, so
-//! that the script stays far below any `max_allowed_packet`.
+//! from the server within the transaction), only up to [`SCRIPT_ITEMS`] messages and
+//! [`SCRIPT_BODY_BYTES`] of bodies, so that the script stays far below any `max_allowed_packet`,
+//! and only where a multi-row insert's ids are consecutive (a first check, before anything is
+//! begun, stops the script otherwise), so that nothing needs reading after the commit.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 
 use super::queue::{id_step_of, insert_chunks};
+use tracing::warn;
+
 use super::{heads, NewMessage, Store, StoreError, Stored};
 use crate::hex::push_hex;
 use crate::ClientId;
 
 /// Bodies a one-round-trip batch carries at most (their hex text is twice that).
 const SCRIPT_BODY_BYTES: usize = 1 << 20;
+/// Messages a one-round-trip batch carries at most (some 80 bytes of script each besides the
+/// body): with the bodies, the script stays under 3 MiB.
+const SCRIPT_ITEMS: usize = 5_000;
 
 /// The text the script's check raises when a head had moved (with `ER_SIGNAL_EXCEPTION`).
 const HEAD_MOVED: &str = "chat: a queue head moved";
+/// The text the script's first check raises when a multi-row insert's ids would not be
+/// consecutive (`innodb_autoinc_lock_mode` 2): the ids could not follow from `LAST_INSERT_ID`.
+const IDS_SCATTERED: &str = "chat: insert ids not consecutive";
 /// MariaDB's error code of a `SIGNAL SQLSTATE '45000'` without its own number.
 const ER_SIGNAL_EXCEPTION: u16 = 1644;
 
@@ -49,11 +59,9 @@ impl Store {
         let suited = items
             .iter()
             .all(|m| m.options.dedupe_key.is_none() && m.options.collapse_key.is_none())
+            && items.len() <= SCRIPT_ITEMS
             && items.iter().map(|m| m.body.len()).sum::<usize>() <= SCRIPT_BODY_BYTES;
-        if !suited
-            || !self.heads.plan_is_range()
-            || super::ONE_TRIP_OFF.load(std::sync::atomic::Ordering::Relaxed)
-        {
+        if !suited || !self.heads.plan_is_range() || !self.heads.one_trip() {
             return Ok(OneTrip::Unsuited);
         }
         let mut counts: BTreeMap<ClientId, u64> = BTreeMap::new();
@@ -85,47 +93,51 @@ impl Store {
         let chunks: Vec<_> = insert_chunks(&rows).collect();
         let sql = script(&ids, &guesses, &by_count, &chunks);
         let result: Result<Vec<(u64, u64, u64, u64)>, _> = self.script_unrecorded(sql).await;
-        if matches!(&result, Err(StoreError::Mysql(mysql_async::Error::Server(e)))
-            if e.code == ER_SIGNAL_EXCEPTION && e.message == HEAD_MOVED)
-        {
-            // The check's own answer, not a failure; rolled back by the script's runner, so
-            // nothing of it is kept.
-            crate::stats::mysql(&Ok::<(), ()>(()));
-            self.heads.forget(&ids);
-            return Ok(OneTrip::Moved);
+        if let Err(StoreError::Mysql(mysql_async::Error::Server(e))) = &result {
+            if e.code == ER_SIGNAL_EXCEPTION
+                && (e.message == HEAD_MOVED || e.message == IDS_SCATTERED)
+            {
+                // A check's own answer, not a failure. The script's runner rolled it back:
+                // nothing of it is kept.
+                crate::stats::mysql(&Ok::<(), ()>(()));
+                if e.message == HEAD_MOVED {
+                    self.heads.forget(&ids);
+                    return Ok(OneTrip::Moved);
+                }
+                warn!("MariaDB's multi-row inserts get ids that are not consecutive (innodb_autoinc_lock_mode 2): batches take the prepared statements");
+                self.heads.end_one_trip();
+                return Ok(OneTrip::Unsuited);
+            }
         }
         crate::stats::mysql(&result);
         let firsts = result?;
         self.heads
             .record(next.iter().map(|(id, seq)| (*id, seq - 1)));
+        // Committed: from here on a surprise is reported as such, never as "nothing stored".
+        let surprise = |what: String| {
+            StoreError::Shared(format!(
+                "enqueue: the batch of {} messages was committed, but {what}",
+                items.len()
+            ))
+        };
         if firsts.len() != chunks.len() {
-            return Err(StoreError::Shared(format!(
-                "enqueue: {} inserts answered {} times",
+            return Err(surprise(format!(
+                "its {} inserts were answered {} times",
                 chunks.len(),
                 firsts.len()
             )));
         }
         let mut stored = Vec::with_capacity(items.len());
         for (chunk, &(first, inserted, mode, increment)) in chunks.iter().zip(&firsts) {
-            if inserted != chunk.len() as u64 {
-                return Err(StoreError::Shared(format!(
-                    "enqueue: an insert of {} rows stored {inserted}",
+            let step = id_step_of(mode, increment);
+            if inserted != chunk.len() as u64 || step == 0 {
+                return Err(surprise(format!(
+                    "an insert of {} rows answered {inserted} rows, auto-increment lock mode {mode}",
                     chunk.len()
                 )));
             }
-            let step = id_step_of(mode, increment);
-            let ids: Vec<u64> = if step > 0 {
-                (0..chunk.len() as u64).map(|i| first + i * step).collect()
-            } else {
-                // Ids not consecutive (innodb_autoinc_lock_mode 2): read back, committed.
-                let keys: Vec<([u8; 16], u64)> = chunk
-                    .iter()
-                    .map(|(m, seq)| (*m.client.as_bytes(), *seq))
-                    .collect();
-                let mut conn = self.timed(self.pool.get_conn()).await?;
-                self.timed(Store::read_ids(&mut conn, &keys)).await?
-            };
-            stored.extend(ids.into_iter().zip(chunk.iter()).map(|(id, (_, seq))| {
+            let ids = (0..chunk.len() as u64).map(|i| first + i * step);
+            stored.extend(ids.zip(chunk.iter()).map(|(id, (_, seq))| {
                 Some(Stored {
                     id,
                     seq: *seq,
@@ -154,6 +166,11 @@ fn script(
         .sum();
     let rows: usize = chunks.iter().map(|c| c.len()).sum();
     let mut sql = String::with_capacity(200 + ids.len() * 60 + rows * 110 + bodies * 2);
+    let _ = write!(
+        sql,
+        "BEGIN NOT ATOMIC IF @@innodb_autoinc_lock_mode > 1 THEN \
+         SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = '{IDS_SCATTERED}'; END IF; END; "
+    );
     sql.push_str("START TRANSACTION; UPDATE clients SET last_seq = last_seq + ");
     sql.push_str(&heads::increment(by_count));
     sql.push_str(" WHERE (id, last_seq) IN (");
@@ -231,7 +248,8 @@ mod tests {
         let by_count: BTreeMap<u64, Vec<ClientId>> = [(1, vec![a, b])].into_iter().collect();
         let sql = script(&[a, b], &[7, 3], &by_count, &[&rows[..]]);
         let (ha, hb) = (hex(a.as_bytes()), hex(b.as_bytes()));
-        assert!(sql.starts_with("START TRANSACTION; UPDATE clients SET last_seq = last_seq + 1 "));
+        assert!(sql.starts_with("BEGIN NOT ATOMIC IF @@innodb_autoinc_lock_mode > 1 THEN SIGNAL"));
+        assert!(sql.contains("END; START TRANSACTION; UPDATE clients SET last_seq = last_seq + 1 "));
         assert!(sql.contains(&format!("IN ((X'{ha}', 7), (X'{hb}', 3)); SET @chat_heads")));
         assert!(sql.contains("IF @chat_heads <> 2 THEN SIGNAL"));
         let check = sql.find("SIGNAL").unwrap();

@@ -40,21 +40,12 @@ impl Store {
             let first = tx.last_insert_id().unwrap_or_default();
             return Ok((0..keys.len() as u64).map(|i| first + i * step).collect());
         }
-        Store::read_ids(tx, keys).await
-    }
-
-    /// The ids of the messages `keys` (queue id, seq), in order, read from `messages` (0 for
-    /// one not found).
-    pub(super) async fn read_ids(
-        conn: &mut impl Queryable,
-        keys: &[([u8; 16], u64)],
-    ) -> Result<Vec<u64>, mysql_async::Error> {
         let list = keys
             .iter()
             .map(|(queue, seq)| format!("(X'{}', {seq})", hex(queue)))
             .collect::<Vec<_>>()
             .join(", ");
-        let found: Vec<(Vec<u8>, u64, u64)> = conn
+        let found: Vec<(Vec<u8>, u64, u64)> = tx
             .query(format!(
                 "SELECT client_id, seq, id FROM messages WHERE (client_id, seq) IN ({list})"
             ))
