@@ -115,9 +115,13 @@ pub async fn run(
             Err(e) => {
                 refuse(&mut refusals, &mut refused);
                 let _ = out.flush();
+                // A failure that hit the batch's commit (a connection lost during it, a timeout)
+                // leaves the batch's fate unknown, as for a single message (exit status 1).
+                let first = pending.first().map_or(number, |l| l.number);
+                let last = pending.last().map_or(number, |l| l.number);
                 eprintln!(
-                    "chat-enqueue: error: MySQL failed ({e}); nothing stored from line {} on",
-                    pending.first().map_or(number, |l| l.number)
+                    "chat-enqueue: error: MySQL failed ({e}); nothing stored from line {first} on, \
+                     unless the failure hit the commit of lines {first}-{last}"
                 );
                 summary(stored, refused, number, started);
                 return EXIT_STORE;
