@@ -8,10 +8,12 @@
 //! again with the read. A guess is never trusted unchecked.
 
 use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::hex_list;
+use crate::hex::push_hex;
 use crate::ClientId;
 
 /// Clients remembered at most; when full, the memory starts over (a bound, not a cache policy:
@@ -120,6 +122,26 @@ pub(super) const ROW_IN_PROBE: &str =
 pub(super) fn is_primary_range(row: &mysql_async::Row) -> bool {
     let column = |name: &str| row.get_opt::<String, _>(name).and_then(Result::ok);
     column("type").as_deref() == Some("range") && column("key").as_deref() == Some("PRIMARY")
+}
+
+/// The conditional update that moves every head of `ids` by its count if it is still at its
+/// guess (`guesses`, in the order of `ids`): its `ROW_COUNT()` is `ids.len()` only if all were.
+pub(super) fn conditional_update(
+    ids: &[ClientId],
+    guesses: &[u64],
+    by_count: &BTreeMap<u64, Vec<ClientId>>,
+) -> String {
+    let mut sql = String::with_capacity(100 + ids.len() * 60);
+    sql.push_str("UPDATE clients SET last_seq = last_seq + ");
+    sql.push_str(&increment(by_count));
+    sql.push_str(" WHERE (id, last_seq) IN (");
+    for (i, (id, last)) in ids.iter().zip(guesses).enumerate() {
+        sql.push_str(if i == 0 { "(X'" } else { ", (X'" });
+        push_hex(&mut sql, id.as_bytes());
+        let _ = write!(sql, "', {last})");
+    }
+    sql.push(')');
+    sql
 }
 
 /// What to add to each client's `last_seq`, as one SQL expression over `id`: its count of new

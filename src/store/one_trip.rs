@@ -171,17 +171,11 @@ fn script(
         "BEGIN NOT ATOMIC IF @@innodb_autoinc_lock_mode > 1 THEN \
          SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = '{IDS_SCATTERED}'; END IF; END; "
     );
-    sql.push_str("START TRANSACTION; UPDATE clients SET last_seq = last_seq + ");
-    sql.push_str(&heads::increment(by_count));
-    sql.push_str(" WHERE (id, last_seq) IN (");
-    for (i, (id, last)) in ids.iter().zip(guesses).enumerate() {
-        sql.push_str(if i == 0 { "(X'" } else { ", (X'" });
-        push_hex(&mut sql, id.as_bytes());
-        let _ = write!(sql, "', {last})");
-    }
+    sql.push_str("START TRANSACTION; ");
+    sql.push_str(&heads::conditional_update(ids, guesses, by_count));
     let _ = write!(
         sql,
-        "); SET @chat_heads = ROW_COUNT(); \
+        "; SET @chat_heads = ROW_COUNT(); \
          BEGIN NOT ATOMIC IF @chat_heads <> {} THEN \
          SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = '{HEAD_MOVED}'; END IF; END",
         ids.len()

@@ -8,7 +8,6 @@ use mysql_async::TxOpts;
 use tracing::warn;
 
 use super::one_trip::OneTrip;
-use super::rooms::client_lit;
 use super::{all_rows, heads, hex, hex_list, NewMessage, Store, StoreError, Stored};
 use crate::ClientId;
 
@@ -234,16 +233,7 @@ impl Store {
                 // Every head moved in one statement (key order, like the locking read) if it is
                 // still where this process left it; the server's auto-increment settings in the
                 // same round trip.
-                let tuples = ids
-                    .iter()
-                    .zip(&guesses)
-                    .map(|(id, last)| format!("({}, {last})", client_lit(id)))
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                let update = format!(
-                    "UPDATE clients SET last_seq = last_seq + {} WHERE (id, last_seq) IN ({tuples})",
-                    heads::increment(&by_count)
-                );
+                let update = heads::conditional_update(&ids, &guesses, &by_count);
                 if self.heads.plan_unknown() {
                     // Once per process: a server that could not read `(id, last_seq) IN (...)` as
                     // ranges of the primary key would scan, and lock, every client. Asked of a
