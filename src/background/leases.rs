@@ -8,6 +8,9 @@ use tracing::warn;
 use crate::bus::Owner;
 use crate::node::Node;
 
+/// Leases renewed per Redis pipeline (about: the registry lists whole shards).
+const RENEW_CHUNK: usize = 250;
+
 /// Renews the Redis ownership lease of every local session, every third of the lease.
 pub async fn run(node: Arc<Node>, stop: CancellationToken) {
     let every = node.config.lease / 3;
@@ -17,20 +20,19 @@ pub async fn run(node: Arc<Node>, stop: CancellationToken) {
             _ = tokio::time::sleep(every) => {}
             _ = node.nudges.renew.notified() => {}
         }
-        let sessions: Vec<_> = node
-            .registry
-            .snapshot()
-            .into_iter()
-            .map(|(id, epoch)| {
-                let owner = Owner {
-                    node: node.config.node_id.clone(),
-                    epoch,
-                };
-                (id, owner)
-            })
-            .collect();
-        for chunk in sessions.chunks(1000) {
-            if let Err(e) = node.bus.renew(chunk, node.config.lease).await {
+        // List by list: a pass holds one list of leases whatever the number of sessions.
+        for list in node.registry.pass(RENEW_CHUNK) {
+            let leases: Vec<_> = list
+                .iter()
+                .map(|s| {
+                    let owner = Owner {
+                        node: node.config.node_id.clone(),
+                        epoch: s.epoch,
+                    };
+                    (s.client_id, owner)
+                })
+                .collect();
+            if let Err(e) = node.bus.renew(&leases, node.config.lease).await {
                 warn!(error = %e, "could not renew Redis leases");
                 break;
             }

@@ -1,5 +1,6 @@
 //! The safety net that needs no Redis: every `--sweep-interval`, MySQL says which local sessions have pending messages, new rooms or were taken over, and which local rooms have new posts.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
@@ -18,47 +19,52 @@ pub async fn run(node: Arc<Node>, stop: CancellationToken) {
             _ = tokio::time::sleep(node.config.sweep_interval) => {}
             _ = node.nudges.sweep.notified() => {}
         }
-        let sessions = node.registry.snapshot();
-        if sessions.is_empty() {
-            stats::pending(0);
-            continue;
-        }
-        let loaded: std::collections::HashMap<_, _> =
-            node.registry.room_versions().into_iter().collect();
-        let ids: Vec<_> = sessions.iter().map(|(id, _)| *id).collect();
-        let (mut woken, mut kicked) = (0usize, 0usize);
+        let (mut sessions, mut woken, mut kicked) = (0usize, 0usize, 0usize);
         let (mut pending, mut found) = (0u64, 0u64);
-        // Chunk by chunk, so that one failed query skips only its own sessions.
-        for chunk in ids.chunks(store::SWEEP_CHUNK) {
-            let rows = match node.store.sweep(chunk).await {
-                Ok(rows) => rows,
-                Err(e) => {
-                    warn!(error = %e, sessions = chunk.len(), "sweep could not read MySQL");
-                    continue;
-                }
-            };
-            for row in rows {
-                if node.registry.kick(row.client_id, row.epoch) {
-                    kicked += 1;
-                } else {
-                    pending += row.pending;
-                    if row.has_pending && node.registry.wake(row.client_id) {
-                        woken += 1;
-                        found += row.pending;
+        // List by list, so that a pass holds one list whatever the number of sessions, and one
+        // failed query skips only its own sessions.
+        for list in node.registry.pass(store::SWEEP_CHUNK) {
+            sessions += list.len();
+            for chunk in list.chunks(store::SWEEP_CHUNK) {
+                let ids: Vec<_> = chunk.iter().map(|s| s.client_id).collect();
+                let rows = match node.store.sweep(&ids).await {
+                    Ok(rows) => rows,
+                    Err(e) => {
+                        warn!(error = %e, sessions = ids.len(), "sweep could not read MySQL");
+                        continue;
                     }
-                    // Its memberships changed and its session missed the word (a new private
-                    // room opened by someone else, say).
-                    let seen = loaded.get(&row.client_id).copied().unwrap_or(0);
-                    if row.rooms_version > seen {
-                        node.registry.wake_reload(row.client_id);
+                };
+                let loaded: HashMap<_, _> = chunk
+                    .iter()
+                    .map(|s| (s.client_id, s.rooms_version))
+                    .collect();
+                for row in rows {
+                    if node.registry.kick(row.client_id, row.epoch) {
+                        kicked += 1;
+                    } else {
+                        pending += row.pending;
+                        if row.has_pending && node.registry.wake(row.client_id) {
+                            woken += 1;
+                            found += row.pending;
+                        }
+                        // Its memberships changed and its session missed the word (a new
+                        // private room opened by someone else, say).
+                        let seen = loaded.get(&row.client_id).copied().unwrap_or(0);
+                        if row.rooms_version > seen {
+                            node.registry.wake_reload(row.client_id);
+                        }
                     }
                 }
             }
         }
+        if sessions == 0 {
+            stats::pending(0);
+            continue;
+        }
         let rooms = sweep_rooms(&node).await;
         stats::pending(pending);
         stats::sweep(found);
-        debug!(sessions = ids.len(), woken, kicked, rooms, "sweep done");
+        debug!(sessions, woken, kicked, rooms, "sweep done");
     }
 }
 

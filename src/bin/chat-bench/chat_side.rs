@@ -375,18 +375,19 @@ async fn connections(node: &Node, params: &Params) -> Result<Vec<Row>> {
     let (before, anon_before) = memory_kib(node.pid);
     let procs = params.procs.max(1);
     let held = Held::open(node, params.idle, procs).await?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(Duration::from_secs(params.settle_secs)).await;
     let (after, anon_after) = memory_kib(node.pid);
     held.release().await;
     let per = anon_after.saturating_sub(anon_before) as f64 * 1024.0 / params.idle.max(1) as f64;
     let rss_per = after.saturating_sub(before) as f64 * 1024.0 / params.idle.max(1) as f64;
     Ok(vec![
         Row::new(SYSTEM, "connections", "rss_per_session_bytes", per, "bytes").note(format!(
-            "{} idle sessions (handshake done) from {procs} processes, {} handshakes at a time; \
-             anonymous RSS {anon_before} -> {anon_after} KiB; whole RSS {before} -> {after} KiB \
+            "{} idle sessions (handshake done) from {procs} processes, {} handshakes at a time, \
+             held {} s; anonymous RSS {anon_before} -> {anon_after} KiB; whole RSS {before} -> {after} KiB \
              ({rss_per:.0} B per session with the executable's pages the run touched)",
             params.idle,
-            HOLD_WINDOW * procs
+            HOLD_WINDOW * procs,
+            params.settle_secs
         )),
         Row::new(SYSTEM, "connections", "server_rss_kib", after as f64, "KiB"),
     ])
@@ -450,7 +451,7 @@ pub async fn scale(params: &Params, urls: &ServiceUrls) -> Result<Vec<Row>> {
         let node = Node::start(urls).await?;
         let (_, before) = memory_kib(node.pid);
         let held = Held::open(&node, n, params.procs.max(1)).await?;
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        tokio::time::sleep(Duration::from_secs(params.settle_secs)).await;
         let (after_rss, after) = memory_kib(node.pid);
         let idle = Duration::from_secs(params.scale_idle_secs.max(1));
         let cpu = CpuMeter::start(&[("chat-server".to_string(), node.pid)]);

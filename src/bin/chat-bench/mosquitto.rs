@@ -333,8 +333,9 @@ async fn connections(params: &Params) -> Result<Vec<Row>> {
     let _idle = Fleet::subscribe(sessions, broker.port, Role::Listen, &sink).await?;
     let connect_secs = connecting.elapsed().as_secs_f64();
     let cpu_note = cpu.report();
-    // Let the broker finish whatever it does after the last SUBACK before reading its memory.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Held idle as long as the chat side's sessions (past whatever the broker does after the last
+    // SUBACK) before reading its memory.
+    tokio::time::sleep(Duration::from_secs(params.settle_secs)).await;
     let after = broker.rss_kib()?;
     let anon_after = broker.anon_kib()?;
     // Anonymous memory, as on the chat side (the executable's pages are not per session).
@@ -349,9 +350,10 @@ async fn connections(params: &Params) -> Result<Vec<Row>> {
         String::new()
     };
     let notes = format!(
-        "{sessions} idle sessions{capped}, one subscription each; broker anonymous RSS \
+        "{sessions} idle sessions{capped}, one subscription each, held {} s; broker anonymous RSS \
          {anon_before} -> {anon_after} KiB, whole RSS {before} -> {after} KiB; connected in {connect_secs:.1} s, {SETUP_WINDOW} at a time, CPU meanwhile \
          {cpu_note}{}",
+        params.settle_secs,
         sink.reconnect_note()
     );
     Ok(vec![

@@ -59,6 +59,11 @@ pub struct Params {
     /// Connections: load-generator processes sharing them (open-files limit per process).
     #[arg(long, default_value_t = 2)]
     pub procs: usize,
+    /// Connections and scale: seconds the idle sessions are held before memory is read, on both
+    /// sides: longer than a node's periodic work over all its sessions (Redis lease renewal every
+    /// 10 s, MySQL sweep every 5 s), so that the figure is the idle steady state.
+    #[arg(long, default_value_t = 12)]
+    pub settle_secs: u64,
     /// Enqueue CLI: runs (median reported).
     #[arg(long, default_value_t = 50)]
     pub cli_runs: usize,
