@@ -8,7 +8,7 @@ use tracing::warn;
 use crate::bus::Owner;
 use crate::node::Node;
 
-/// Leases renewed per Redis pipeline (about: the registry lists whole shards).
+/// Most leases renewed per Redis pipeline.
 const RENEW_CHUNK: usize = 250;
 
 /// Renews the Redis ownership lease of every local session, every third of the lease.
@@ -20,21 +20,23 @@ pub async fn run(node: Arc<Node>, stop: CancellationToken) {
             _ = tokio::time::sleep(every) => {}
             _ = node.nudges.renew.notified() => {}
         }
-        // List by list: a pass holds one list of leases whatever the number of sessions.
-        for list in node.registry.pass(RENEW_CHUNK) {
-            let leases: Vec<_> = list
-                .iter()
-                .map(|s| {
-                    let owner = Owner {
-                        node: node.config.node_id.clone(),
-                        epoch: s.epoch,
-                    };
-                    (s.client_id, owner)
-                })
-                .collect();
-            if let Err(e) = node.bus.renew(&leases, node.config.lease).await {
-                warn!(error = %e, "could not renew Redis leases");
-                break;
+        // List by list: a pass holds one list of leases at a time.
+        'pass: for list in node.registry.pass(RENEW_CHUNK) {
+            for chunk in list.chunks(RENEW_CHUNK) {
+                let leases: Vec<_> = chunk
+                    .iter()
+                    .map(|s| {
+                        let owner = Owner {
+                            node: node.config.node_id.clone(),
+                            epoch: s.epoch,
+                        };
+                        (s.client_id, owner)
+                    })
+                    .collect();
+                if let Err(e) = node.bus.renew(&leases, node.config.lease).await {
+                    warn!(error = %e, "could not renew Redis leases");
+                    break 'pass;
+                }
             }
         }
     }

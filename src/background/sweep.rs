@@ -21,8 +21,8 @@ pub async fn run(node: Arc<Node>, stop: CancellationToken) {
         }
         let (mut sessions, mut woken, mut kicked) = (0usize, 0usize, 0usize);
         let (mut pending, mut found) = (0u64, 0u64);
-        // List by list, so that a pass holds one list whatever the number of sessions, and one
-        // failed query skips only its own sessions.
+        // List by list, so that a pass holds one list at a time, and one failed query skips only
+        // its own sessions (a list is longer than a query only when one registry shard is).
         for list in node.registry.pass(store::SWEEP_CHUNK) {
             sessions += list.len();
             for chunk in list.chunks(store::SWEEP_CHUNK) {
