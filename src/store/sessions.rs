@@ -97,9 +97,9 @@ impl Store {
             "START TRANSACTION; \
              UPDATE clients SET session_epoch = session_epoch + 1, owner_node = {node}, \
              last_seen_at = NOW(6) WHERE id IN ({list}); \
-             UPDATE clients k STRAIGHT_JOIN cursors c ON c.client_id = k.id \
+             UPDATE cursors c STRAIGHT_JOIN clients k ON k.id = c.client_id \
              SET c.holder_epoch = k.session_epoch, c.holder_node = {node} \
-             WHERE k.id IN ({list}) AND c.holder_epoch IS NULL; \
+             WHERE c.client_id IN ({list}) AND c.holder_epoch IS NULL; \
              SELECT k.id, k.session_epoch, k.rooms_version, c.delivered_seq, c.holder_epoch \
              FROM clients k JOIN cursors c ON c.client_id = k.id WHERE k.id IN ({list}); \
              COMMIT"
