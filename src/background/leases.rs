@@ -21,22 +21,20 @@ pub async fn run(node: Arc<Node>, stop: CancellationToken) {
             _ = node.nudges.renew.notified() => {}
         }
         // List by list: a pass holds one list of leases at a time.
-        'pass: for list in node.registry.pass(RENEW_CHUNK) {
-            for chunk in list.chunks(RENEW_CHUNK) {
-                let leases: Vec<_> = chunk
-                    .iter()
-                    .map(|s| {
-                        let owner = Owner {
-                            node: node.config.node_id.clone(),
-                            epoch: s.epoch,
-                        };
-                        (s.client_id, owner)
-                    })
-                    .collect();
-                if let Err(e) = node.bus.renew(&leases, node.config.lease).await {
-                    warn!(error = %e, "could not renew Redis leases");
-                    break 'pass;
-                }
+        for list in node.registry.pass(RENEW_CHUNK) {
+            let leases: Vec<_> = list
+                .iter()
+                .map(|s| {
+                    let owner = Owner {
+                        node: node.config.node_id.clone(),
+                        epoch: s.epoch,
+                    };
+                    (s.client_id, owner)
+                })
+                .collect();
+            if let Err(e) = node.bus.renew(&leases, node.config.lease).await {
+                warn!(error = %e, "could not renew Redis leases");
+                break;
             }
         }
     }

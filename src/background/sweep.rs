@@ -22,37 +22,35 @@ pub async fn run(node: Arc<Node>, stop: CancellationToken) {
         let (mut sessions, mut woken, mut kicked) = (0usize, 0usize, 0usize);
         let (mut pending, mut found) = (0u64, 0u64);
         // List by list, so that a pass holds one list at a time, and one failed query skips only
-        // its own sessions (a list is longer than a query only when one registry shard is).
+        // its own sessions.
         for list in node.registry.pass(store::SWEEP_CHUNK) {
             sessions += list.len();
-            for chunk in list.chunks(store::SWEEP_CHUNK) {
-                let ids: Vec<_> = chunk.iter().map(|s| s.client_id).collect();
-                let rows = match node.store.sweep(&ids).await {
-                    Ok(rows) => rows,
-                    Err(e) => {
-                        warn!(error = %e, sessions = ids.len(), "sweep could not read MySQL");
-                        continue;
+            let ids: Vec<_> = list.iter().map(|s| s.client_id).collect();
+            let rows = match node.store.sweep(&ids).await {
+                Ok(rows) => rows,
+                Err(e) => {
+                    warn!(error = %e, sessions = ids.len(), "sweep could not read MySQL");
+                    continue;
+                }
+            };
+            let loaded: HashMap<_, _> = list
+                .iter()
+                .map(|s| (s.client_id, s.rooms_version))
+                .collect();
+            for row in rows {
+                if node.registry.kick(row.client_id, row.epoch) {
+                    kicked += 1;
+                } else {
+                    pending += row.pending;
+                    if row.has_pending && node.registry.wake(row.client_id) {
+                        woken += 1;
+                        found += row.pending;
                     }
-                };
-                let loaded: HashMap<_, _> = chunk
-                    .iter()
-                    .map(|s| (s.client_id, s.rooms_version))
-                    .collect();
-                for row in rows {
-                    if node.registry.kick(row.client_id, row.epoch) {
-                        kicked += 1;
-                    } else {
-                        pending += row.pending;
-                        if row.has_pending && node.registry.wake(row.client_id) {
-                            woken += 1;
-                            found += row.pending;
-                        }
-                        // Its memberships changed and its session missed the word (a new
-                        // private room opened by someone else, say).
-                        let seen = loaded.get(&row.client_id).copied().unwrap_or(0);
-                        if row.rooms_version > seen {
-                            node.registry.wake_reload(row.client_id);
-                        }
+                    // Its memberships changed and its session missed the word (a new private
+                    // room opened by someone else, say).
+                    let seen = loaded.get(&row.client_id).copied().unwrap_or(0);
+                    if row.rooms_version > seen {
+                        node.registry.wake_reload(row.client_id);
                     }
                 }
             }
