@@ -31,7 +31,11 @@ export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 
 # Options shared by mariadb-install-db and mariadbd (InnoDB file layout must match). A redo log
 # of 512 MiB: with a small one, InnoDB must flush dirty pages to make room every few seconds
-# under load, and commits stall behind it (the tail of the latency figures).
+# under load, and commits stall behind it (the tail of the latency figures). Dirty pages are
+# written back steadily and gently (from 10% of the buffer pool, at 200 pages/s when nothing
+# presses): left alone (the default, no low-water mark) they pile up until the redo log is nearly
+# full, and the flush that must then run at full speed delays commits by tens of milliseconds (docs/BENCHMARKS.md,
+# round 2, eighth pass).
 MYSQL_COMMON_OPTS=(
     --innodb-buffer-pool-size=512M
     --innodb-log-file-size=512M
@@ -131,7 +135,8 @@ start_mysql() {
             --log-error="$MYSQL_LOG" --tmpdir="$DATA" \
             --skip-name-resolve --max-connections=500 \
             --innodb-flush-log-at-trx-commit=1 \
-            --innodb-flush-neighbors=0 --innodb-io-capacity=1000 \
+            --innodb-flush-neighbors=0 \
+            --innodb-io-capacity=200 --innodb-max-dirty-pages-pct-lwm=10 \
             "${MYSQL_COMMON_OPTS[@]}" \
             </dev/null >>"$MYSQL_LOG" 2>&1 &
         local launched=$! i
