@@ -34,8 +34,8 @@ export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 # under load, and commits stall behind it (the tail of the latency figures). Dirty pages are
 # written back steadily and gently (from 10% of the buffer pool, at 200 pages/s when nothing
 # presses): left alone (the default, no low-water mark) they pile up until the redo log is nearly
-# full, and the flush that must then run at full speed delays commits by tens of milliseconds (docs/BENCHMARKS.md,
-# round 2, eighth pass).
+# full, and the flush that must then run at full speed delays commits by tens of milliseconds
+# (docs/BENCHMARKS.md, round 2, eighth pass).
 MYSQL_COMMON_OPTS=(
     --innodb-buffer-pool-size=512M
     --innodb-log-file-size=512M
